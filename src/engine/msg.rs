@@ -1,0 +1,312 @@
+//! `Msg`, the unit that flows along edges, and the acknowledgement tracker that tells a
+//! source when a message and everything derived from it has reached a terminal state.
+//!
+//! Every `Msg` value is one *branch* of its tracker. Cloning (fan-out) opens a branch;
+//! a sink's commit or a filter's drop closes one with [`Msg::done`]; a failure closes one
+//! with [`Msg::fail`]. A `Msg` dropped without a verdict (a panicking node, a task aborted
+//! at the shutdown deadline) closes its branch as failed, so nothing is ever reported
+//! delivered by accident. When the last branch closes, the source's callback runs once
+//! with the overall outcome.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+/// Message headers: small, string-valued, shared between fan-out copies.
+pub type Headers = BTreeMap<String, String>;
+
+/// How a message (with all its derived copies) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every branch was committed by a sink or deliberately ended by a transform.
+    Done,
+    /// At least one branch was dropped by a lossy overflow policy; none failed.
+    Dropped,
+    /// At least one branch failed; the first reason is kept.
+    Failed(String),
+}
+
+type AckCallback = Box<dyn FnOnce(Outcome) + Send>;
+
+/// State shared by all branches of one source message.
+struct AckState {
+    branches: AtomicUsize,
+    /// 0 = done, 1 = dropped, 2 = failed; only ever raised.
+    severity: AtomicU8,
+    reason: Mutex<Option<String>>,
+    callback: Mutex<Option<AckCallback>>,
+}
+
+impl AckState {
+    fn close(&self, severity: u8, reason: Option<String>) {
+        if severity == 2 {
+            let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = reason;
+            }
+        }
+        self.severity.fetch_max(severity, Ordering::AcqRel);
+        if self.branches.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let outcome = match self.severity.load(Ordering::Acquire) {
+                0 => Outcome::Done,
+                1 => Outcome::Dropped,
+                _ => Outcome::Failed(
+                    self.reason
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
+                        .unwrap_or_else(|| "failed".to_string()),
+                ),
+            };
+            let callback = self
+                .callback
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(callback) = callback {
+                callback(outcome);
+            }
+        }
+    }
+}
+
+/// One branch of an acknowledgement tracker; closing it is explicit, dropping it fails it.
+struct AckBranch(Option<Arc<AckState>>);
+
+impl AckBranch {
+    fn fork(&self) -> AckBranch {
+        match &self.0 {
+            Some(state) => {
+                state.branches.fetch_add(1, Ordering::AcqRel);
+                AckBranch(Some(state.clone()))
+            }
+            None => AckBranch(None),
+        }
+    }
+
+    fn close(mut self, severity: u8, reason: Option<String>) {
+        if let Some(state) = self.0.take() {
+            state.close(severity, reason);
+        }
+    }
+}
+
+impl Drop for AckBranch {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            state.close(2, Some("message dropped without a verdict".to_string()));
+        }
+    }
+}
+
+/// Process-unique message ids: a random-ish prefix per process start plus a counter, so
+/// that sinks can upsert on them.
+fn next_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A message: topic, payload bytes, headers, timestamp, id and an acknowledgement branch.
+///
+/// Cheap to clone for fan-out: topic, payload and headers are reference-counted.
+pub struct Msg {
+    /// The topic (MQTT topic, or a name the source chose).
+    pub topic: Arc<str>,
+    /// The payload bytes; JSON is parsed lazily by whoever needs it.
+    pub payload: Bytes,
+    /// String headers, shared until modified.
+    pub headers: Arc<Headers>,
+    /// Milliseconds since the Unix epoch, from the engine's clock when the source made it.
+    pub timestamp_ms: i64,
+    /// A stable id shared by all messages derived from the same source message.
+    pub id: u64,
+    ack: AckBranch,
+}
+
+impl Msg {
+    /// A message with no acknowledgement tracking (a timer tick, a test).
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>, timestamp_ms: i64) -> Self {
+        Msg {
+            topic: topic.into(),
+            payload: payload.into(),
+            headers: Arc::default(),
+            timestamp_ms,
+            id: next_id(),
+            ack: AckBranch(None),
+        }
+    }
+
+    /// A message whose terminal outcome is reported once to `on_complete`, after it and
+    /// every message derived from it ended.
+    pub fn tracked(
+        topic: impl Into<Arc<str>>,
+        payload: impl Into<Bytes>,
+        timestamp_ms: i64,
+        on_complete: impl FnOnce(Outcome) + Send + 'static,
+    ) -> Self {
+        let state = Arc::new(AckState {
+            branches: AtomicUsize::new(1),
+            severity: AtomicU8::new(0),
+            reason: Mutex::new(None),
+            callback: Mutex::new(Some(Box::new(on_complete))),
+        });
+        Msg {
+            ack: AckBranch(Some(state)),
+            ..Msg::new(topic, payload, timestamp_ms)
+        }
+    }
+
+    /// Whether a source is waiting for this message's outcome.
+    pub fn is_tracked(&self) -> bool {
+        self.ack.0.is_some()
+    }
+
+    /// A new message derived from this one: same id, timestamp and ack tracker, new
+    /// topic and payload. Use it for one-to-many transforms; the original still needs
+    /// its own verdict (usually [`Msg::done`]).
+    pub fn derive(&self, topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Msg {
+        Msg {
+            topic: topic.into(),
+            payload: payload.into(),
+            headers: self.headers.clone(),
+            timestamp_ms: self.timestamp_ms,
+            id: self.id,
+            ack: self.ack.fork(),
+        }
+    }
+
+    /// Replaces the payload, keeping everything else (one-to-one transforms).
+    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Msg {
+        self.payload = payload.into();
+        self
+    }
+
+    /// Replaces the topic, keeping everything else.
+    pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Msg {
+        self.topic = topic.into();
+        self
+    }
+
+    /// Mutable headers (copied on first write if shared).
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        Arc::make_mut(&mut self.headers)
+    }
+
+    /// The payload as UTF-8 text, if it is.
+    pub fn payload_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// The payload parsed as JSON, if it is.
+    pub fn payload_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.payload).ok()
+    }
+
+    /// This branch reached a terminal state normally: committed by a sink, or ended on
+    /// purpose by a transform (filtered out, absorbed into a window).
+    pub fn done(self) {
+        self.ack.close(0, None);
+    }
+
+    /// This branch was discarded by a lossy overflow policy.
+    pub fn dropped(self) {
+        self.ack.close(1, None);
+    }
+
+    /// This branch failed; `reason` reaches the source.
+    pub fn fail(self, reason: impl fmt::Display) {
+        self.ack.close(2, Some(reason.to_string()));
+    }
+}
+
+impl Clone for Msg {
+    /// A fan-out copy: opens a new branch on the same tracker.
+    fn clone(&self) -> Self {
+        Msg {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            headers: self.headers.clone(),
+            timestamp_ms: self.timestamp_ms,
+            id: self.id,
+            ack: self.ack.fork(),
+        }
+    }
+}
+
+impl fmt::Debug for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Msg")
+            .field("topic", &self.topic)
+            .field("payload", &String::from_utf8_lossy(&self.payload))
+            .field("headers", &self.headers)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("id", &self.id)
+            .field("tracked", &self.is_tracked())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn tracked() -> (Msg, mpsc::Receiver<Outcome>) {
+        let (tx, rx) = mpsc::channel();
+        let msg = Msg::tracked("t", "p", 0, move |outcome| tx.send(outcome).unwrap());
+        (msg, rx)
+    }
+
+    #[test]
+    fn done_after_all_branches() {
+        let (msg, rx) = tracked();
+        let a = msg.clone();
+        let b = msg.derive("other", "x");
+        msg.done();
+        a.done();
+        assert!(rx.try_recv().is_err(), "reported before every branch ended");
+        b.done();
+        assert_eq!(rx.try_recv().unwrap(), Outcome::Done);
+    }
+
+    #[test]
+    fn failure_wins_and_keeps_first_reason() {
+        let (msg, rx) = tracked();
+        let a = msg.clone();
+        let b = msg.clone();
+        a.fail("sink refused");
+        b.dropped();
+        msg.fail("second");
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outcome::Failed("sink refused".into())
+        );
+    }
+
+    #[test]
+    fn drop_without_verdict_is_failure() {
+        let (msg, rx) = tracked();
+        drop(msg);
+        assert!(matches!(rx.try_recv().unwrap(), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn dropped_by_overflow() {
+        let (msg, rx) = tracked();
+        let copy = msg.clone();
+        msg.done();
+        copy.dropped();
+        assert_eq!(rx.try_recv().unwrap(), Outcome::Dropped);
+    }
+
+    #[test]
+    fn untracked_messages_are_free() {
+        let msg = Msg::new("t", "p", 0);
+        assert!(!msg.is_tracked());
+        msg.clone().done();
+        drop(msg);
+    }
+}

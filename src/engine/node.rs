@@ -1,0 +1,431 @@
+//! What a running node sees: its context (inbox, output ports, clock, shutdown), the
+//! factory trait every node kind implements, and a driver for synchronous transforms.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::Clock;
+use super::edge::{BATCH, Edge, Inbox};
+use super::msg::Msg;
+
+/// `flow/node`, the name every log line and metric uses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId {
+    /// The flow's name.
+    pub flow: Arc<str>,
+    /// The node's name inside its flow.
+    pub node: Arc<str>,
+}
+
+impl NodeId {
+    /// A node id from its parts.
+    pub fn new(flow: &str, node: &str) -> Self {
+        NodeId {
+            flow: flow.into(),
+            node: node.into(),
+        }
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.flow, self.node)
+    }
+}
+
+/// A node's run ended with an error; the supervisor logs it and restarts the node.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NodeError(pub String);
+
+impl NodeError {
+    /// An error from anything printable.
+    pub fn new(message: impl fmt::Display) -> Self {
+        NodeError(message.to_string())
+    }
+}
+
+/// The future of one run of a node.
+pub type NodeFuture = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
+
+/// Starts runs of a node. Built once from the validated config; called again after each
+/// crash, so a restarted node begins with fresh in-memory state.
+pub trait NodeFactory: Send + Sync + 'static {
+    /// Starts one run. It should return `Ok(())` when its inputs are closed and drained
+    /// (transforms, sinks) or when `cx.shutdown` fires (sources).
+    fn start(&self, cx: NodeContext) -> NodeFuture;
+}
+
+impl<F> NodeFactory for F
+where
+    F: Fn(NodeContext) -> NodeFuture + Send + Sync + 'static,
+{
+    fn start(&self, cx: NodeContext) -> NodeFuture {
+        self(cx)
+    }
+}
+
+/// Life-cycle state of a node, for the API and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Running normally.
+    Running = 0,
+    /// Crashed; waiting out its backoff before the next start.
+    Restarting = 1,
+    /// Finished (inputs drained or shutdown).
+    Stopped = 2,
+    /// Gave up (shutdown while restarting).
+    Failed = 3,
+}
+
+/// Counters and state of one node; shared with metrics and the admin API.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Messages taken from the inbox.
+    pub received: AtomicU64,
+    /// Messages sent on output ports (each fan-out copy counts once per port).
+    pub emitted: AtomicU64,
+    /// Messages that failed in this node (error port or failed verdict).
+    pub failed: AtomicU64,
+    /// Times the node was restarted after a crash.
+    pub restarts: AtomicU64,
+    state: AtomicU8,
+    last_error: Mutex<Option<String>>,
+}
+
+impl NodeStats {
+    /// The current life-cycle state.
+    pub fn state(&self) -> NodeState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => NodeState::Running,
+            1 => NodeState::Restarting,
+            2 => NodeState::Stopped,
+            _ => NodeState::Failed,
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: NodeState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The last error or panic message, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_last_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+}
+
+/// Identifies an output port of a node; resolve names once with [`Outputs::port`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortId(pub usize);
+
+impl PortId {
+    /// The first declared port (`out` for most kinds).
+    pub const OUT: PortId = PortId(0);
+}
+
+/// One output port and the edges it feeds.
+struct OutputPort {
+    name: Arc<str>,
+    edges: Vec<Arc<Edge>>,
+}
+
+/// A node's output ports. The last one is always `error`.
+#[derive(Clone)]
+pub struct Outputs {
+    ports: Arc<[OutputPort]>,
+    id: NodeId,
+    stats: Arc<NodeStats>,
+    error_log: Arc<RateLimitedLog>,
+}
+
+impl Outputs {
+    /// Output ports from `(name, edges)` pairs; an `error` port is added when absent.
+    pub fn new(id: NodeId, ports: Vec<(String, Vec<Arc<Edge>>)>, stats: Arc<NodeStats>) -> Self {
+        let mut ports: Vec<OutputPort> = ports
+            .into_iter()
+            .map(|(name, edges)| OutputPort {
+                name: name.into(),
+                edges,
+            })
+            .collect();
+        if let Some(i) = ports.iter().position(|p| &*p.name == "error") {
+            let error = ports.remove(i);
+            ports.push(error);
+        } else {
+            ports.push(OutputPort {
+                name: "error".into(),
+                edges: Vec::new(),
+            });
+        }
+        Outputs {
+            ports: ports.into(),
+            id,
+            stats,
+            error_log: Arc::new(RateLimitedLog::default()),
+        }
+    }
+
+    /// The port named `name`.
+    pub fn port(&self, name: &str) -> Option<PortId> {
+        self.ports.iter().position(|p| &*p.name == name).map(PortId)
+    }
+
+    /// The `error` port.
+    pub fn error_port(&self) -> PortId {
+        PortId(self.ports.len() - 1)
+    }
+
+    /// The names of all ports, `error` last.
+    pub fn port_names(&self) -> Vec<Arc<str>> {
+        self.ports.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Whether anything consumes `port`.
+    pub fn is_wired(&self, port: PortId) -> bool {
+        self.ports.get(port.0).is_some_and(|p| !p.edges.is_empty())
+    }
+
+    /// Sends `msg` on `port` to every edge it feeds (copies for all but the last),
+    /// waiting where an edge applies backpressure. A port that feeds nothing ends the
+    /// message as done (nothing downstream wants it), except the error port, where it
+    /// fails.
+    pub async fn emit(&self, port: PortId, msg: Msg) {
+        let Some(output) = self.ports.get(port.0) else {
+            msg.fail(format!("{}: no output port #{}", self.id, port.0));
+            return;
+        };
+        if output.edges.is_empty() {
+            if port == self.error_port() {
+                self.fail_unwired(msg);
+            } else {
+                msg.done();
+            }
+            return;
+        }
+        self.stats.emitted.fetch_add(1, Ordering::Relaxed);
+        let last = output.edges.len() - 1;
+        for edge in &output.edges[..last] {
+            if let Err(closed) = edge.send(msg.clone()).await {
+                closed.0.fail(format!("{} stopped", edge.label));
+            }
+        }
+        if let Err(closed) = output.edges[last].send(msg).await {
+            closed
+                .0
+                .fail(format!("{} stopped", output.edges[last].label));
+        }
+    }
+
+    /// Routes a failed message: to the `error` port when it is wired (with the reason in
+    /// the `error` header), else the message fails with the reason, logged with the node.
+    pub async fn emit_error(&self, mut msg: Msg, reason: impl fmt::Display) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        let reason = reason.to_string();
+        self.error_log.warn(&self.id, &reason);
+        let error = self.error_port();
+        if self.is_wired(error) {
+            msg.headers_mut().insert("error".into(), reason);
+            msg.headers_mut()
+                .insert("error_node".into(), self.id.to_string());
+            self.emit(error, msg).await;
+        } else {
+            msg.fail(format!("{}: {reason}", self.id));
+        }
+    }
+
+    fn fail_unwired(&self, msg: Msg) {
+        let reason = msg
+            .headers
+            .get("error")
+            .cloned()
+            .unwrap_or_else(|| "error".into());
+        msg.fail(reason);
+    }
+
+    /// Sends everything collected in `emit`, in order.
+    pub async fn flush(&self, emit: &mut Emit) {
+        for item in emit.items.drain(..) {
+            match item {
+                Emitted::Msg(port, msg) => self.emit(port, msg).await,
+                Emitted::Error(msg, reason) => self.emit_error(msg, reason).await,
+            }
+        }
+    }
+
+    /// Closes every outgoing edge: this node will send nothing more.
+    pub fn close(&self) {
+        for port in self.ports.iter() {
+            for edge in &port.edges {
+                edge.close();
+            }
+        }
+    }
+}
+
+/// Logs a node's message-level errors at most once per interval, with a count of the
+/// ones it held back, so a flood of bad input cannot flood the log.
+#[derive(Default)]
+struct RateLimitedLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn warn(&self, id: &NodeId, reason: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < Self::INTERVAL => state.1 += 1,
+            _ => {
+                let suppressed = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                drop(state);
+                if suppressed > 0 {
+                    tracing::warn!(node = %id, suppressed, "message failed: {reason}");
+                } else {
+                    tracing::warn!(node = %id, "message failed: {reason}");
+                }
+            }
+        }
+    }
+}
+
+/// Output collected by a synchronous transform for one batch.
+#[derive(Default)]
+pub struct Emit {
+    items: Vec<Emitted>,
+}
+
+enum Emitted {
+    Msg(PortId, Msg),
+    Error(Msg, String),
+}
+
+impl Emit {
+    /// Sends `msg` on `port` once the batch is done.
+    pub fn to(&mut self, port: PortId, msg: Msg) {
+        self.items.push(Emitted::Msg(port, msg));
+    }
+
+    /// Sends `msg` on the first port (`out`).
+    pub fn out(&mut self, msg: Msg) {
+        self.to(PortId::OUT, msg);
+    }
+
+    /// Sends `msg` to the error port (or fails it) with `reason`.
+    pub fn error(&mut self, msg: Msg, reason: impl fmt::Display) {
+        self.items.push(Emitted::Error(msg, reason.to_string()));
+    }
+
+    /// Whether nothing was collected.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Everything a node run gets from the engine.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// `flow/node`.
+    pub id: NodeId,
+    /// The node's input edges (empty for sources).
+    pub inbox: Inbox,
+    /// The node's output ports.
+    pub outputs: Outputs,
+    /// Time, real or virtual.
+    pub clock: Clock,
+    /// Fires when the engine shuts down; sources stop on it, the rest drain their inputs.
+    pub shutdown: CancellationToken,
+    /// Where the node may keep files.
+    pub data_dir: PathBuf,
+    /// This node's counters.
+    pub stats: Arc<NodeStats>,
+}
+
+impl NodeContext {
+    /// Waits for the next input message, counting it; `None` when inputs are drained.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        let msg = self.inbox.recv().await?;
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        Some(msg)
+    }
+
+    /// Sends on the first port.
+    pub async fn emit(&self, msg: Msg) {
+        self.outputs.emit(PortId::OUT, msg).await;
+    }
+}
+
+/// A transform that handles one message at a time without waiting: the engine drives it
+/// in batches (see [`run_transform`]). Most built-ins are of this kind.
+pub trait Transform: Send + 'static {
+    /// Handles one message. Every message must get an outcome: passed on via `out`,
+    /// sent to the error port, or ended with [`Msg::done`].
+    fn process(&mut self, msg: Msg, out: &mut Emit);
+}
+
+/// Drives a [`Transform`]: takes batches from the inbox, processes them, flushes the
+/// outputs. A panic in `process` fails that one message, puts the unprocessed rest of
+/// the batch back, and ends the run with an error so the supervisor restarts the node
+/// with fresh state.
+pub async fn run_transform<T: Transform>(
+    mut transform: T,
+    cx: NodeContext,
+) -> Result<(), NodeError> {
+    let mut inbox = cx.inbox.clone();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut emit = Emit::default();
+    loop {
+        if inbox.recv_many(&mut batch, BATCH).await == 0 {
+            return Ok(());
+        }
+        cx.stats
+            .received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut pending = batch.drain(..);
+        while let Some(msg) = pending.next() {
+            let poison = (msg.topic.clone(), msg.id);
+            let result = catch_unwind(AssertUnwindSafe(|| transform.process(msg, &mut emit)));
+            if let Err(panic) = result {
+                let rest: Vec<Msg> = pending.collect();
+                inbox.requeue_front(rest);
+                cx.outputs.flush(&mut emit).await;
+                let reason = panic_message(&*panic);
+                return Err(NodeError(format!(
+                    "panicked on message {} (topic {}): {reason}",
+                    poison.1, poison.0
+                )));
+            }
+        }
+        drop(pending);
+        cx.outputs.flush(&mut emit).await;
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}

@@ -1,0 +1,7 @@
+//! Node kinds: one file per `type:`, under `sources/`, `transforms/` and `sinks/`,
+//! each listed once in `registry.rs`.
+
+pub mod registry;
+pub mod sinks;
+pub mod sources;
+pub mod transforms;

@@ -1,0 +1,3 @@
+//! Sink node kinds: they commit messages somewhere; only their `error` port feeds others.
+
+pub mod log;

@@ -1,0 +1,1 @@
+//! Transform node kinds: they read inputs and emit on their ports.
