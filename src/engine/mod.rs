@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod edge;
+pub mod fields;
 pub mod harness;
 pub mod msg;
 pub mod node;
