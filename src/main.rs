@@ -1,1 +1,5 @@
-fn main() {}
+//! The `headwater` binary: everything lives in the library; this only runs the CLI.
+
+fn main() -> std::process::ExitCode {
+    headwater::cli::main()
+}

@@ -1,2 +1,142 @@
-//! Command line.
-pub fn main() {}
+//! The command line: parses arguments without touching the system, sets up logging,
+//! then runs one command. `anyhow` lives here and in `main.rs` only.
+
+mod check;
+mod graph;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A headless, Node-RED-like IoT gateway: YAML flows from sensors and MQTT through
+/// scripts to sinks, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "headwater", version, about, long_about = None)]
+pub struct Cli {
+    /// Where state and files are kept [default: data_dir from the flow files, else
+    /// $STATE_DIRECTORY (set by systemd), else ./data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log line format; the level comes from RUST_LOG (default `info`)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run flows until SIGINT or SIGTERM
+    Run {
+        /// Flow files (YAML); each flow is loaded and checked on its own
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Check flow files and report every problem as file:line:col; exit 1 if any
+    Check {
+        /// Flow files (YAML)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the wired graph of flow files as Graphviz DOT or Mermaid
+    Graph {
+        /// Flow files (YAML)
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = graph::GraphFormat::Dot)]
+        format: graph::GraphFormat,
+    },
+    /// Print the JSON Schema of the flow file format (for editor autocompletion)
+    Schema,
+}
+
+/// Parses the arguments, runs the command, and turns its result into an exit code:
+/// 0 on success, 1 on any error (printed with its chain), 2 on bad arguments (clap).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { files } => run::run(&files, cli.data_dir),
+        Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
+        Command::Graph { files, format } => graph::graph(&files, format),
+        Command::Schema => {
+            let schema = crate::flow::schema::flow_file_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling main twice) is harmless: keep the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The data directory: the flag, else the flow files' `data_dir`, else systemd's
+/// `$STATE_DIRECTORY`, else `./data`.
+fn data_dir(flag: Option<PathBuf>, from_files: Option<PathBuf>) -> PathBuf {
+    flag.or(from_files)
+        .or_else(|| {
+            // systemd may pass several colon-separated directories; the first is ours.
+            std::env::var_os("STATE_DIRECTORY").and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn data_dir_precedence() {
+        assert_eq!(
+            data_dir(Some("a".into()), Some("b".into())),
+            PathBuf::from("a")
+        );
+        assert_eq!(data_dir(None, Some("b".into())), PathBuf::from("b"));
+    }
+}

@@ -495,8 +495,10 @@ impl Loader {
             .map(str::to_string)
         {
             let mut parent = path.clone();
-            parent.push(PathSegment::Key(field.clone()));
-            pos = options.locate(&parent);
+            if parent.last() != Some(&PathSegment::Key(field.clone())) {
+                parent.push(PathSegment::Key(field.clone()));
+            }
+            pos = options.locate_key(&parent);
             let expected = message
                 .split_once(", expected ")
                 .map(|(_, e)| format!("; expected {e}"))
@@ -897,8 +899,10 @@ fn unknown_field_pos(at: &Node, path: &[PathSegment], message: &str) -> Pos {
         .and_then(|r| r.split('`').next())
     {
         let mut full = path.to_vec();
-        full.push(PathSegment::Key(field.to_string()));
-        at.locate(&full)
+        if full.last() != Some(&PathSegment::Key(field.to_string())) {
+            full.push(PathSegment::Key(field.to_string()));
+        }
+        at.locate_key(&full)
     } else {
         at.locate(path)
     }

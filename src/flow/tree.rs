@@ -161,6 +161,29 @@ impl Node {
         pos
     }
 
+    /// Like [`Node::locate`], but when the path ends at a mapping key that exists, the
+    /// key's own position: an unknown field is reported where its name stands.
+    pub fn locate_key(&self, path: &[PathSegment]) -> Pos {
+        if let Some((PathSegment::Key(name), parents)) = path.split_last() {
+            let mut node = self;
+            for segment in parents {
+                let next = match (segment, &node.value) {
+                    (PathSegment::Key(k), Value::Map(_)) => node.get(k),
+                    (PathSegment::Index(i), Value::Seq(items)) => items.get(*i),
+                    _ => None,
+                };
+                match next {
+                    Some(n) => node = n,
+                    None => return self.locate(path),
+                }
+            }
+            if let Some(pos) = node.key_pos(name) {
+                return pos;
+            }
+        }
+        self.locate(path)
+    }
+
     /// The position of a key in a mapping, if present.
     pub fn key_pos(&self, key: &str) -> Option<Pos> {
         self.entry(key).map(|(k, _)| k.pos)

@@ -83,11 +83,9 @@ pub fn render_payload(payload: &[u8], max: usize) -> String {
 fn write(id: &NodeId, level: LogLevel, max: usize, msg: &Msg) {
     let payload = render_payload(&msg.payload, max);
     let topic = &*msg.topic;
-    let headers = if msg.headers.is_empty() {
-        String::new()
-    } else {
-        format!("{:?}", msg.headers)
-    };
+    // Recorded only when present, so plain messages log as `topic=... payload`.
+    let headers = (!msg.headers.is_empty()).then(|| format!("{:?}", msg.headers));
+    let headers = headers.as_deref();
     match level {
         LogLevel::Debug => tracing::debug!(node = %id, topic, headers, "{payload}"),
         LogLevel::Info => tracing::info!(node = %id, topic, headers, "{payload}"),

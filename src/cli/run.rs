@@ -1,0 +1,62 @@
+//! `headwater run`: load and check the flows, start the engine, stop on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::engine::{Clock, Engine, EngineOptions, ShutdownReport};
+use crate::flow::{self, interpolate::ProcessEnv};
+
+/// Runs the flows in `files` until a signal arrives or every node has finished.
+pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let set = match flow::load(files, &ProcessEnv) {
+        Ok(set) => set,
+        Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
+    };
+    let data_dir = super::data_dir(data_dir_flag, set.settings.data_dir.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let clock = Clock::system();
+    let plan = match set.plan(&data_dir, &clock) {
+        Ok(plan) => plan,
+        Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("headwater")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
+        tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
+        let engine = Engine::start(
+            plan,
+            EngineOptions {
+                clock,
+                data_dir,
+                ..EngineOptions::default()
+            },
+        );
+        let reason = tokio::select! {
+            signal = shutdown_signal() => signal?,
+            () = engine.finished() => "every node finished",
+        };
+        tracing::info!("shutting down: {reason}");
+        match engine.shutdown().await {
+            ShutdownReport::Drained => Ok(ExitCode::SUCCESS),
+            ShutdownReport::Aborted => Ok(ExitCode::FAILURE),
+        }
+    })
+}
+
+/// Waits for SIGINT or SIGTERM and says which.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
