@@ -8,6 +8,8 @@ pub mod harness;
 pub mod msg;
 pub mod node;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
