@@ -1,0 +1,143 @@
+//! `headwater run` as a process: starts, processes messages, logs them as JSON lines,
+//! and shuts down cleanly on SIGTERM and SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    fn start(args: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headwater"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start headwater");
+        let stderr: ChildStderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Gateway { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`; the bound only turns a hang into a
+    /// failure, it never decides success.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line containing {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+fn flow_file(dir: &std::path::Path) -> String {
+    let path = dir.join("ticks.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nflows:\n  ticks:\n    nodes:\n      tick: { type: timer, interval: 50ms, at_start: true, topic: t, payload: { n: 1 } }\n      show: { type: log, inputs: tick }\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn runs_logs_json_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = flow_file(dir.path());
+    let data = dir.path().join("state");
+    let gateway = Gateway::start(&[
+        "--log-format",
+        "json",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        &flow,
+    ]);
+    let line = gateway.wait_for("\"node\":\"ticks/show\"");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["topic"], "t");
+    assert_eq!(event["message"], "{\"n\":1}");
+    assert_eq!(event["level"], "INFO");
+    assert!(data.is_dir(), "the data directory was created");
+    gateway.signal("TERM");
+    gateway.wait_for("shutting down: SIGTERM");
+    gateway.wait_for("all queues drained");
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = flow_file(dir.path());
+    let data = dir.path().join("state");
+    let gateway = Gateway::start(&["--data-dir", data.to_str().unwrap(), "run", &flow]);
+    gateway.wait_for("engine started");
+    gateway.signal("INT");
+    gateway.wait_for("shutting down: SIGINT");
+    assert!(gateway.wait().success());
+}
+
+#[test]
+fn a_bad_flow_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nflows:\n  f:\n    nodes:\n      t: { type: timer }\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args([
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+            "run",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(":5:10: error: f/t: a timer needs `interval` or `cron`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("engine started"));
+}
+
+#[test]
+fn help_exists_for_every_command() {
+    for command in ["run", "check", "graph", "schema"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command} --help");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: headwater"));
+    }
+}
