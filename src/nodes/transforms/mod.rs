@@ -1,1 +1,5 @@
 //! Transform node kinds: they read inputs and emit on their ports.
+
+pub mod condition;
+pub mod filter;
+pub mod switch;
