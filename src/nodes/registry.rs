@@ -191,6 +191,8 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // transforms
     &Kind::<transforms::filter::FilterConfig>::NEW,
     &Kind::<transforms::switch::SwitchConfig>::NEW,
+    &Kind::<transforms::change::ChangeConfig>::NEW,
+    &Kind::<transforms::json::JsonConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
 ];

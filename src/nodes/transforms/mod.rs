@@ -1,5 +1,7 @@
 //! Transform node kinds: they read inputs and emit on their ports.
 
+pub mod change;
 pub mod condition;
 pub mod filter;
+pub mod json;
 pub mod switch;
