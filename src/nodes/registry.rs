@@ -193,6 +193,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<transforms::switch::SwitchConfig>::NEW,
     &Kind::<transforms::change::ChangeConfig>::NEW,
     &Kind::<transforms::json::JsonConfig>::NEW,
+    &Kind::<transforms::rate_limit::RateLimitConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
 ];

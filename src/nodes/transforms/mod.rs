@@ -4,4 +4,5 @@ pub mod change;
 pub mod condition;
 pub mod filter;
 pub mod json;
+pub mod rate_limit;
 pub mod switch;
