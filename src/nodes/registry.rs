@@ -194,6 +194,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<transforms::change::ChangeConfig>::NEW,
     &Kind::<transforms::json::JsonConfig>::NEW,
     &Kind::<transforms::rate_limit::RateLimitConfig>::NEW,
+    &Kind::<transforms::dedupe::DedupeConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
 ];

@@ -2,6 +2,7 @@
 
 pub mod change;
 pub mod condition;
+pub mod dedupe;
 pub mod filter;
 pub mod json;
 pub mod rate_limit;
