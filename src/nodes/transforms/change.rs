@@ -722,4 +722,45 @@ mod tests {
         );
         assert!(err("rules: [{ set: payloads, value: 1 }]").contains("invalid field path"));
     }
+
+    #[test]
+    fn yaml_errors_point_at_the_rule() {
+        let yaml = "\
+version: 1
+flows:
+  f:
+    nodes:
+      tick: { type: timer, interval: 1s }
+      tidy:
+        type: change
+        inputs: [tick]
+        rules:
+          - { set: payload.unit, value: W }
+          - { set: topic, value: { a: 1 } }
+          - { move: payload.a, too: payload.b }
+";
+        let err = crate::flow::load_sources(
+            vec![(std::path::PathBuf::from("f.yaml"), yaml.to_string())],
+            &crate::flow::interpolate::ProcessEnv,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.headlines(),
+            [
+                "f.yaml:12:37: f/tidy: unknown option `too` for type `change`; expected one of `set`, `value`, `from`, `delete`, `move`, `to`"
+            ]
+        );
+        let fixed = yaml.replace("too:", "to:");
+        let err = crate::flow::load_sources(
+            vec![(std::path::PathBuf::from("f.yaml"), fixed)],
+            &crate::flow::interpolate::ProcessEnv,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.headlines(),
+            ["f.yaml:11:27: f/tidy: `rules[1].value`: the topic must be a string, not an object"]
+        );
+    }
 }

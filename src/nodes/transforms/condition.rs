@@ -35,7 +35,7 @@ pub struct Condition {
     pub topic: Option<String>,
 }
 
-/// The test of a [`Condition`].
+/// The test a condition applies to its field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
@@ -122,7 +122,7 @@ enum Bound {
 
 /// Joins an issue path prefix and a key: `("", "when")` is `when`,
 /// `("rules[1]", "when")` is `rules[1].when`.
-pub fn join(prefix: &str, key: &str) -> String {
+fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
     } else {

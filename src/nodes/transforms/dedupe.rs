@@ -42,6 +42,7 @@ pub struct DedupeConfig {
     /// Most keys remembered (topics in `changes` mode); the least recently seen are
     /// forgotten first (default 10000).
     #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1))]
     pub max_keys: usize,
 }
 

@@ -30,6 +30,7 @@ use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Messages let through per `per` (a burst of this many passes at once).
+    #[schemars(range(min = 1))]
     pub rate: u32,
     /// The period of `rate` (default `1s`).
     #[serde(default = "one_second")]
@@ -43,10 +44,12 @@ pub struct RateLimitConfig {
     pub mode: RateMode,
     /// `queue` mode: most messages waiting, all topics together (default 1000); beyond
     /// it new excess messages are dropped.
+    #[schemars(range(min = 1))]
     pub max_queued: Option<usize>,
     /// Most topics whose limit is remembered (default 10000); see the docs for what
     /// happens beyond.
     #[serde(default = "default_max_topics")]
+    #[schemars(range(min = 1))]
     pub max_topics: usize,
 }
 
