@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::engine::{Clock, NodeFactory, NodeId};
 
-use super::{sinks, sources};
+use super::{sinks, sources, transforms};
 
 /// What a node does in a graph; decides which wiring is legal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +189,12 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // sources
     &Kind::<sources::timer::TimerConfig>::NEW,
     // transforms
+    &Kind::<transforms::filter::FilterConfig>::NEW,
+    &Kind::<transforms::switch::SwitchConfig>::NEW,
+    &Kind::<transforms::change::ChangeConfig>::NEW,
+    &Kind::<transforms::json::JsonConfig>::NEW,
+    &Kind::<transforms::rate_limit::RateLimitConfig>::NEW,
+    &Kind::<transforms::dedupe::DedupeConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
 ];

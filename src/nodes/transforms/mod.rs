@@ -1,1 +1,9 @@
 //! Transform node kinds: they read inputs and emit on their ports.
+
+pub mod change;
+pub mod condition;
+pub mod dedupe;
+pub mod filter;
+pub mod json;
+pub mod rate_limit;
+pub mod switch;
