@@ -748,7 +748,7 @@ flows:
         assert_eq!(
             err.headlines(),
             [
-                "f.yaml:12:37: f/tidy: unknown option `too` for type `change`; expected one of `set`, `value`, `from`, `delete`, `move`, `to`"
+                "f.yaml:12:32: f/tidy: unknown option `too` for type `change`; expected one of `set`, `value`, `from`, `delete`, `move`, `to`"
             ]
         );
         let fixed = yaml.replace("too:", "to:");
