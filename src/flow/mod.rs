@@ -362,15 +362,13 @@ impl Loader {
         // Names that failed to parse still exist for wiring purposes: an input naming
         // them is not reported as dangling on top of their own error.
         let known: HashSet<&str> = node_entries.iter().map(|(k, _)| k.name.as_str()).collect();
-        let valid_before = self.diagnostics.0.len();
         for (i, inputs) in raw_inputs.into_iter().enumerate() {
             let resolved = self.resolve_inputs(file, &nodes, i, inputs, &known);
             nodes[i].inputs = resolved;
         }
-        if self.diagnostics.0.len() == valid_before {
-            self.cycles(file, &nodes);
-            self.delivery(file, name, delivery, &nodes);
-        }
+        // Both run on the inputs that resolved, so they add no noise about bad ones.
+        self.cycles(file, &nodes);
+        self.delivery(file, name, delivery, &nodes);
         Some(FlowDef {
             name: name.to_string(),
             file: file.clone(),
@@ -743,14 +741,17 @@ impl Loader {
                 match color[j] {
                     0 => visit(j, nodes, index, color, stack, found),
                     1 => {
+                        // The stack runs consumer -> producer; data flows the other way.
+                        // Print it in data order, from the producer of this input.
                         let start = stack.iter().position(|&k| k == j).unwrap_or(0);
-                        // Data flows from input to consumer: print the path that way.
-                        let mut path: Vec<&str> = stack[start..]
+                        let in_data_order: Vec<&str> = stack[start..]
                             .iter()
                             .rev()
                             .map(|&k| nodes[k].name.as_str())
                             .collect();
-                        path.push(nodes[i].name.as_str());
+                        let mut path = vec![nodes[j].name.as_str()];
+                        path.extend(&in_data_order[..in_data_order.len() - 1]);
+                        path.push(nodes[j].name.as_str());
                         found.push((input.pos, format!("cycle: {}", path.join(" -> "))));
                     }
                     _ => {}
