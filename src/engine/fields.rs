@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -149,11 +149,12 @@ impl JsonSchema for FieldPath {
     }
 }
 
-/// A message with its payload parsed as JSON on first use.
+/// A message with its payload parsed as JSON on first use (through the message's own
+/// parse cache, shared along a chain of nodes).
 pub struct MsgView<'a> {
     /// The message.
     pub msg: &'a Msg,
-    json: OnceLock<Option<Value>>,
+    json: OnceLock<Option<Arc<Value>>>,
 }
 
 impl<'a> MsgView<'a> {
@@ -167,9 +168,7 @@ impl<'a> MsgView<'a> {
 
     /// The payload as JSON, if it is JSON.
     pub fn json(&self) -> Option<&Value> {
-        self.json
-            .get_or_init(|| serde_json::from_slice(&self.msg.payload).ok())
-            .as_ref()
+        self.json.get_or_init(|| self.msg.payload_json()).as_deref()
     }
 
     /// The value at `path`: `None` when absent. A non-JSON payload reads as a string

@@ -109,6 +109,21 @@ fn next_id() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The payload parsed as JSON, remembered with the exact buffer it was parsed from.
+/// Holding that `Bytes` keeps the buffer alive, so a payload replaced later can never
+/// share its address and length and be mistaken for the parsed one.
+struct ParsedPayload {
+    source: Bytes,
+    value: Option<Arc<serde_json::Value>>,
+}
+
+/// Parse cache shared by fan-out copies: a chain of nodes reading fields parses once.
+type JsonCache = Arc<Mutex<Option<ParsedPayload>>>;
+
+fn same_buffer(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
 /// A message: topic, payload bytes, headers, timestamp, id and an acknowledgement branch.
 ///
 /// Cheap to clone for fan-out: topic, payload and headers are reference-counted.
@@ -124,6 +139,7 @@ pub struct Msg {
     /// A stable id shared by all messages derived from the same source message.
     pub id: u64,
     ack: AckBranch,
+    json: JsonCache,
 }
 
 impl Msg {
@@ -136,6 +152,7 @@ impl Msg {
             timestamp_ms,
             id: next_id(),
             ack: AckBranch(None),
+            json: JsonCache::default(),
         }
     }
 
@@ -175,6 +192,7 @@ impl Msg {
             timestamp_ms: self.timestamp_ms,
             id: self.id,
             ack: self.ack.fork(),
+            json: JsonCache::default(),
         }
     }
 
@@ -200,9 +218,32 @@ impl Msg {
         std::str::from_utf8(&self.payload).ok()
     }
 
-    /// The payload parsed as JSON, if it is.
-    pub fn payload_json(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.payload).ok()
+    /// The payload parsed as JSON, if it is. Parsed once per payload and shared with
+    /// fan-out copies, so consecutive nodes reading fields do not parse again.
+    pub fn payload_json(&self) -> Option<Arc<serde_json::Value>> {
+        let mut cache = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(parsed) = cache.as_ref()
+            && same_buffer(&parsed.source, &self.payload)
+        {
+            return parsed.value.clone();
+        }
+        let value = serde_json::from_slice(&self.payload).ok().map(Arc::new);
+        *cache = Some(ParsedPayload {
+            source: self.payload.clone(),
+            value: value.clone(),
+        });
+        value
+    }
+
+    /// Replaces the payload with `value` serialized as JSON, remembering `value` so the
+    /// next node reading fields does not parse it back.
+    pub fn set_json_payload(&mut self, value: serde_json::Value) {
+        self.payload = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        // A fresh cache: fan-out copies keep theirs, which still matches their payload.
+        self.json = Arc::new(Mutex::new(Some(ParsedPayload {
+            source: self.payload.clone(),
+            value: Some(Arc::new(value)),
+        })));
     }
 
     /// This branch reached a terminal state normally: committed by a sink, or ended on
@@ -232,6 +273,7 @@ impl Clone for Msg {
             timestamp_ms: self.timestamp_ms,
             id: self.id,
             ack: self.ack.fork(),
+            json: self.json.clone(),
         }
     }
 }
@@ -300,6 +342,27 @@ mod tests {
         msg.done();
         copy.dropped();
         assert_eq!(rx.try_recv().unwrap(), Outcome::Dropped);
+    }
+
+    #[test]
+    fn json_is_parsed_once_and_never_stale() {
+        let msg = Msg::new("t", r#"{"a":1}"#, 0);
+        let copy = msg.clone();
+        let first = msg.payload_json().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &copy.payload_json().unwrap()),
+            "fan-out copies share the parse"
+        );
+        // A payload replaced through the public field is noticed.
+        let mut changed = copy;
+        changed.payload = Bytes::from_static(br#"{"a":2}"#);
+        assert_eq!(changed.payload_json().unwrap()["a"], 2);
+        assert_eq!(msg.payload_json().unwrap()["a"], 1);
+        let mut set = Msg::new("t", "x", 0);
+        set.set_json_payload(serde_json::json!({"b": true}));
+        assert_eq!(set.payload_str(), Some(r#"{"b":true}"#));
+        assert_eq!(set.payload_json().unwrap()["b"], true);
+        assert!(Msg::new("t", "not json", 0).payload_json().is_none());
     }
 
     #[test]

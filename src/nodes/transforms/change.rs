@@ -486,7 +486,7 @@ impl Staged {
             // A string payload goes out as its text, as Node-RED's mqtt out publishes a
             // string `msg.payload`; anything else as compact JSON.
             Some(Value::String(text)) => msg.payload = Bytes::from(text),
-            Some(value) => msg.payload = Bytes::from(value.to_string()),
+            Some(value) => msg.set_json_payload(value),
         }
     }
 }
