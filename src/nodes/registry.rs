@@ -195,6 +195,9 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<transforms::json::JsonConfig>::NEW,
     &Kind::<transforms::rate_limit::RateLimitConfig>::NEW,
     &Kind::<transforms::dedupe::DedupeConfig>::NEW,
+    &Kind::<transforms::window::WindowConfig>::NEW,
+    &Kind::<transforms::trigger::TriggerConfig>::NEW,
+    &Kind::<transforms::delay::DelayConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
 ];

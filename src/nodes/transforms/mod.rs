@@ -3,7 +3,10 @@
 pub mod change;
 pub mod condition;
 pub mod dedupe;
+pub mod delay;
 pub mod filter;
 pub mod json;
 pub mod rate_limit;
 pub mod switch;
+pub mod trigger;
+pub mod window;
