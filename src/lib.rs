@@ -6,3 +6,4 @@ pub mod cli;
 pub mod engine;
 pub mod flow;
 pub mod nodes;
+pub mod script;

@@ -8,6 +8,7 @@ pub mod harness;
 pub mod msg;
 pub mod node;
 mod supervisor;
+pub mod template;
 #[cfg(test)]
 mod tests;
 
@@ -25,7 +26,7 @@ pub use edge::{Edge, Inbox, Overflow};
 pub use msg::{Msg, Outcome};
 pub use node::{
     Emit, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId, NodeState, NodeStats, Outputs,
-    PortId, Transform, run_transform,
+    PortId, Transform, run_transform, run_transform_blocking,
 };
 
 /// Default capacity of an edge.

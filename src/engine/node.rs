@@ -399,23 +399,104 @@ pub async fn run_transform<T: Transform>(
         cx.stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut pending = batch.drain(..);
-        while let Some(msg) = pending.next() {
-            let poison = (msg.topic.clone(), msg.id);
-            let result = catch_unwind(AssertUnwindSafe(|| transform.process(msg, &mut emit)));
-            if let Err(panic) = result {
-                let rest: Vec<Msg> = pending.collect();
-                inbox.requeue_front(rest);
-                cx.outputs.flush(&mut emit).await;
-                let reason = panic_message(&*panic);
-                return Err(NodeError(format!(
+        let result = process_batch(&mut transform, &mut batch, &mut emit);
+        finish_batch(&cx, &mut inbox, &mut emit, result).await?;
+    }
+}
+
+/// Like [`run_transform`], for transforms that run user code (Rhai, WASM): each batch
+/// runs on tokio's blocking pool, never on the runtime's workers, so a slow script cannot
+/// stall the broker or other flows. At most as many batches run at once, process-wide,
+/// as the machine has cores.
+pub async fn run_transform_blocking<T: Transform>(
+    transform: T,
+    cx: NodeContext,
+) -> Result<(), NodeError> {
+    let mut inbox = cx.inbox.clone();
+    let mut state = (transform, Vec::with_capacity(BATCH), Emit::default());
+    loop {
+        let (mut transform, mut batch, mut emit) = state;
+        if inbox.recv_many(&mut batch, BATCH).await == 0 {
+            return Ok(());
+        }
+        cx.stats
+            .received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let permit = blocking_slots()
+            .acquire()
+            .await
+            .map_err(|_| NodeError::new("the blocking pool is closed"))?;
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = process_batch(&mut transform, &mut batch, &mut emit);
+            (transform, batch, emit, result)
+        })
+        .await;
+        drop(permit);
+        // `process_batch` catches panics, so the task itself cannot panic; a join error
+        // means the runtime is shutting down and took the batch with it.
+        let (transform, batch, mut emit, result) =
+            joined.map_err(|e| NodeError::new(format!("batch task lost: {e}")))?;
+        finish_batch(&cx, &mut inbox, &mut emit, result).await?;
+        state = (transform, batch, emit);
+    }
+}
+
+/// The process-wide bound on batches of user code running at once.
+fn blocking_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores.max(2))
+    })
+}
+
+/// A panic while processing one message: the unprocessed rest and the reason.
+struct Poisoned {
+    rest: Vec<Msg>,
+    error: NodeError,
+}
+
+/// Processes `batch` (emptied) into `emit`, stopping at the first panic.
+fn process_batch<T: Transform>(
+    transform: &mut T,
+    batch: &mut Vec<Msg>,
+    emit: &mut Emit,
+) -> Result<(), Poisoned> {
+    let mut pending = batch.drain(..);
+    while let Some(msg) = pending.next() {
+        let poison = (msg.topic.clone(), msg.id);
+        let result = catch_unwind(AssertUnwindSafe(|| transform.process(msg, emit)));
+        if let Err(panic) = result {
+            let reason = panic_message(&*panic);
+            return Err(Poisoned {
+                rest: pending.collect(),
+                error: NodeError(format!(
                     "panicked on message {} (topic {}): {reason}",
                     poison.1, poison.0
-                )));
-            }
+                )),
+            });
         }
-        drop(pending);
-        cx.outputs.flush(&mut emit).await;
+    }
+    Ok(())
+}
+
+/// Sends a batch's outputs; after a panic, puts the unprocessed messages back first.
+async fn finish_batch(
+    cx: &NodeContext,
+    inbox: &mut Inbox,
+    emit: &mut Emit,
+    result: Result<(), Poisoned>,
+) -> Result<(), NodeError> {
+    match result {
+        Ok(()) => {
+            cx.outputs.flush(emit).await;
+            Ok(())
+        }
+        Err(poisoned) => {
+            inbox.requeue_front(poisoned.rest);
+            cx.outputs.flush(emit).await;
+            Err(poisoned.error)
+        }
     }
 }
 

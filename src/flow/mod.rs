@@ -961,9 +961,11 @@ fn inner_pos(file: &SourceFile, value: Pos, line: u32, col: u32) -> Pos {
             col: value.col + quote + col.saturating_sub(1),
         }
     } else {
+        // The span starts at the text itself (serde-saphyr points block scalars at
+        // their first content line): every line shares its indentation.
         Pos {
             line: value.line + line - 1,
-            col,
+            col: value.col + col.saturating_sub(1),
         }
     }
 }
@@ -1160,6 +1162,11 @@ mod tests {
         assert_eq!(
             inner_pos(&file, Pos { line: 5, col: 6 }, 1, 3),
             Pos { line: 5, col: 9 }
+        );
+        // A span at the first content line of the block.
+        assert_eq!(
+            inner_pos(&file, Pos { line: 3, col: 5 }, 2, 1),
+            Pos { line: 4, col: 5 }
         );
     }
 }

@@ -189,6 +189,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // sources
     &Kind::<sources::timer::TimerConfig>::NEW,
     // transforms
+    &Kind::<transforms::script::ScriptConfig>::NEW,
     &Kind::<transforms::filter::FilterConfig>::NEW,
     &Kind::<transforms::switch::SwitchConfig>::NEW,
     &Kind::<transforms::change::ChangeConfig>::NEW,

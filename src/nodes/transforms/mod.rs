@@ -7,6 +7,7 @@ pub mod delay;
 pub mod filter;
 pub mod json;
 pub mod rate_limit;
+pub mod script;
 pub mod switch;
 pub mod trigger;
 pub mod window;

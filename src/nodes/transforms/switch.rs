@@ -53,7 +53,7 @@ pub enum Check {
 
 /// Checks an output port name: referenced as `node.port`, so no `.`, and not `error`,
 /// which every node has already.
-fn check_port_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_port_name(name: &str) -> Result<(), String> {
     if name == "error" {
         return Err("`error` is the error port every node has; name this port otherwise".into());
     }
