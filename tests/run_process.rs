@@ -1,60 +1,11 @@
 //! `headwater run` as a process: starts, processes messages, logs them as JSON lines,
 //! and shuts down cleanly on SIGTERM and SIGINT.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+use std::process::Command;
 
-impl Gateway {
-    fn start(args: &[&str]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_headwater"))
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start headwater");
-        let stderr: ChildStderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Gateway { child, lines }
-    }
-
-    /// Waits for a log line containing `needle`; the bound only turns a hang into a
-    /// failure, it never decides success.
-    fn wait_for(&self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no log line containing {needle:?}: {e}"),
-            }
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
-    }
-}
+use common::Gateway;
 
 fn flow_file(dir: &std::path::Path) -> String {
     let path = dir.join("ticks.yaml");

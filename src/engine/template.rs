@@ -11,7 +11,8 @@ use super::msg::Msg;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escape {
     /// An MQTT topic: a value is one topic level, so `/`, `+`, `#` and NUL inside it are
-    /// refused (they would change which level it fills or make a filter of it).
+    /// refused (they would change which level it fills or make a filter of it). The
+    /// message's own `{{topic}}` is a topic already and may hold `/`.
     TopicLevel,
     /// A URL: values are percent-encoded (RFC 3986 unreserved characters stay).
     Url,
@@ -127,7 +128,12 @@ impl Template {
                         Escape::None => out.push_str(&text),
                         Escape::Url => percent_encode(&text, &mut out),
                         Escape::TopicLevel => {
-                            if text.contains(['/', '+', '#', '\0']) {
+                            let forbidden: &[char] = if *path == FieldPath::Topic {
+                                &['+', '#', '\0']
+                            } else {
+                                &['/', '+', '#', '\0']
+                            };
+                            if text.contains(forbidden) {
                                 return Err(FillError::BadTopicLevel {
                                     field: path.clone(),
                                     value: text.into_owned(),
@@ -192,7 +198,7 @@ mod tests {
             t.to_string(),
             "/sensor/{{payload.id}}/{{headers.site}}/{{payload.n}}"
         );
-        let t = Template::parse("{{topic}}/state", Escape::None).unwrap();
+        let t = Template::parse("{{topic}}/state", Escape::TopicLevel).unwrap();
         assert_eq!(t.fill(&msg()).unwrap(), "home/kitchen/state");
     }
 

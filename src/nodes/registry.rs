@@ -188,6 +188,7 @@ impl<C: Config> NodeKind for Kind<C> {
 pub static KINDS: &[&dyn NodeKind] = &[
     // sources
     &Kind::<sources::timer::TimerConfig>::NEW,
+    &Kind::<sources::mqtt_in::MqttInConfig>::NEW,
     // transforms
     &Kind::<transforms::script::ScriptConfig>::NEW,
     &Kind::<transforms::filter::FilterConfig>::NEW,
@@ -201,6 +202,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<transforms::delay::DelayConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
+    &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

@@ -1,3 +1,4 @@
 //! Sink node kinds: they commit messages somewhere; only their `error` port feeds others.
 
 pub mod log;
+pub mod mqtt_out;

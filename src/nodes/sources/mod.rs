@@ -1,3 +1,4 @@
 //! Source node kinds: they produce messages and take no inputs.
 
+pub mod mqtt_in;
 pub mod timer;

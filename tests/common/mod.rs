@@ -1,0 +1,206 @@
+//! Test helpers shared by the process-level tests: the gateway as a child process, a
+//! real Mosquitto broker on a free port, and `mosquitto_sub`/`mosquitto_pub` peers.
+//!
+//! Every wait here reads a line the peer prints when it is ready (a log line, a
+//! SUBACK); the 30 s bound only turns a hang into a failure, it never decides success.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a test waits for a line before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Lines a child prints on one stream, read on a thread.
+fn line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(lines: &mpsc::Receiver<String>, needle: &str, what: &str) -> String {
+    loop {
+        match lines.recv_timeout(PATIENCE) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("{what}: no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `headwater` running as a child process, its stderr (the log) read line by line.
+pub struct Gateway {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Starts `headwater ARGS...`.
+    pub fn start(args: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headwater"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start headwater");
+        let lines = line_reader(child.stderr.take().expect("stderr"));
+        Gateway { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for(&self, needle: &str) -> String {
+        wait_line(&self.lines, needle, "headwater")
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to end.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `mosquitto` broker on 127.0.0.1:`port`, anonymous, without persistence.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port.
+    pub fn start(dir: &Path) -> Mosquitto {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts a broker on `port` and waits until it listens.
+    pub fn start_on(dir: &Path, port: u16) -> Mosquitto {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        let lines = line_reader(child.stderr.take().expect("stderr"));
+        wait_line(
+            &lines,
+            &format!("listen socket on port {port}"),
+            "mosquitto",
+        );
+        // Keep draining its log so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Mosquitto { child, port }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Publishes with `mosquitto_pub`.
+    pub fn publish(&self, topic: &str, payload: &str, qos: u8, retain: bool) {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", topic, "-m", payload, "-q", &qos.to_string()]);
+        if retain {
+            cmd.arg("-r");
+        }
+        let status = cmd.status().expect("run mosquitto_pub");
+        assert!(status.success(), "mosquitto_pub failed");
+    }
+
+    /// Starts `mosquitto_sub` on `filter` and waits until the broker granted the
+    /// subscription.
+    pub fn subscribe(&self, filter: &str, qos: u8) -> Subscriber {
+        // Line-buffered: a pipe would otherwise hold the SUBACK line back.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", filter, "-q", &qos.to_string(), "-v", "-d"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run mosquitto_sub");
+        let lines = line_reader(child.stdout.take().expect("stdout"));
+        wait_line(&lines, "received SUBACK", "mosquitto_sub");
+        Subscriber { child, lines }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `mosquitto_sub -v -d`.
+pub struct Subscriber {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    /// The next message as `(topic, payload)`, skipping `-d` protocol lines.
+    pub fn next(&self) -> (String, String) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(PATIENCE)
+                .unwrap_or_else(|e| panic!("mosquitto_sub received nothing: {e}"));
+            if line.starts_with("Client ") || line.starts_with("Subscribed (mid") {
+                continue;
+            }
+            let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+            return (topic.to_string(), payload.to_string());
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
