@@ -203,6 +203,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
+    &Kind::<sinks::file::FileOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

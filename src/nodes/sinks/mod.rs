@@ -1,4 +1,5 @@
 //! Sink node kinds: they commit messages somewhere; only their `error` port feeds others.
 
+pub mod file;
 pub mod log;
 pub mod mqtt_out;
