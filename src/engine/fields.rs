@@ -183,15 +183,147 @@ impl<'a> MsgView<'a> {
                 .headers
                 .get(name)
                 .map(|v| Cow::Owned(Value::String(v.clone()))),
-            FieldPath::Payload(steps) => match self.json() {
-                Some(json) => lookup(json, steps).map(Cow::Borrowed),
-                None if steps.is_empty() => self
+            FieldPath::Payload(steps) if steps.is_empty() => match self.json() {
+                Some(json) => Some(Cow::Borrowed(json)),
+                None => self
                     .msg
                     .payload_str()
                     .map(|s| Cow::Owned(Value::String(s.to_string()))),
-                None => None,
             },
+            FieldPath::Payload(steps) => {
+                // Parsed already (here or by an earlier node): walk the tree. Else scan
+                // the bytes for just this field: no tree is built, nothing is allocated
+                // but the value found, which is what keeps chains of built-ins fast.
+                if self.json.get().is_none()
+                    && let Some(cached) = self.msg.cached_json()
+                {
+                    let _ = self.json.set(cached);
+                }
+                match self.json.get() {
+                    Some(Some(json)) => lookup(json, steps).map(Cow::Borrowed),
+                    Some(None) => None,
+                    None => extract(&self.msg.payload, steps).map(Cow::Owned),
+                }
+            }
         }
+    }
+}
+
+/// The value at `steps` inside the JSON text `bytes`, read without building the rest of
+/// the document. `None` when the text is not JSON or has nothing there. With duplicate
+/// keys the last one wins, as in a parsed [`Value`].
+pub fn extract(bytes: &[u8], steps: &[Step]) -> Option<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let found = PathSeed(steps).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Deserializes only the value at a path, skipping everything else.
+struct PathSeed<'s>(&'s [Step]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        if self.0.is_empty() {
+            Value::deserialize(d).map(Some)
+        } else {
+            d.deserialize_any(self)
+        }
+    }
+}
+
+/// Matches a map key against the wanted one without allocating.
+struct KeyIs<'s>(&'s str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PathSeed<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let (key, rest) = match self.0.split_first() {
+            Some((Step::Key(key), rest)) => (Some(key.as_str()), rest),
+            _ => (None, &[][..]),
+        };
+        let mut found = None;
+        while let Some(matched) = match key {
+            Some(key) => map.next_key_seed(KeyIs(key))?,
+            None => map.next_key::<IgnoredAny>()?.map(|_| false),
+        } {
+            if matched {
+                found = map.next_value_seed(PathSeed(rest))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let (index, rest) = match self.0.split_first() {
+            Some((Step::Index(i), rest)) => (Some(*i), rest),
+            _ => (None, &[][..]),
+        };
+        let mut found = None;
+        let mut at = 0;
+        loop {
+            if Some(at) == index {
+                match seq.next_element_seed(PathSeed(rest))? {
+                    Some(value) => found = value,
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            at += 1;
+        }
+        Ok(found)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -394,5 +526,56 @@ mod tests {
         assert_eq!(to_number(&json!("21.5")), Some(21.5));
         assert_eq!(to_number(&json!(3)), Some(3.0));
         assert_eq!(to_number(&json!({"a": 1})), None);
+    }
+}
+
+#[cfg(test)]
+mod extract_tests {
+    use super::*;
+
+    fn path(p: &str) -> Vec<Step> {
+        match p.parse::<FieldPath>().unwrap() {
+            FieldPath::Payload(steps) => steps,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn extract_agrees_with_a_full_parse() {
+        let doc = r#"{"a": {"b": [1, {"c": "x\"y"}, 3]}, "n": 2.5, "s": "t", "dup": 1, "dup": 2, "e": {}}"#;
+        let full: Value = serde_json::from_str(doc).unwrap();
+        for p in [
+            "payload.a",
+            "payload.a.b",
+            "payload.a.b[1].c",
+            "payload.a.b[2]",
+            "payload.a.b[3]",
+            "payload.n",
+            "payload.s",
+            "payload.dup",
+            "payload.missing",
+            "payload.n.x",
+            "payload.a.b.c",
+            "payload.a[0]",
+            "payload.e.x",
+        ] {
+            let steps = path(p);
+            assert_eq!(
+                extract(doc.as_bytes(), &steps),
+                lookup(&full, &steps).cloned(),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            extract(b"{\"a\": 1", &path("payload.a")),
+            None,
+            "invalid JSON"
+        );
+        assert_eq!(
+            extract(b"{\"a\": 1} x", &path("payload.a")),
+            None,
+            "trailing text"
+        );
+        assert_eq!(extract(b"plain text", &path("payload.a")), None);
     }
 }

@@ -235,6 +235,16 @@ impl Msg {
         value
     }
 
+    /// The parsed payload if it was parsed already (by this node or one before), without
+    /// parsing: `Some(None)` when it is known not to be JSON.
+    pub fn cached_json(&self) -> Option<Option<Arc<serde_json::Value>>> {
+        let cache = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .as_ref()
+            .filter(|parsed| same_buffer(&parsed.source, &self.payload))
+            .map(|parsed| parsed.value.clone())
+    }
+
     /// Replaces the payload with `value` serialized as JSON, remembering `value` so the
     /// next node reading fields does not parse it back.
     pub fn set_json_payload(&mut self, value: serde_json::Value) {

@@ -413,10 +413,14 @@ pub async fn run_transform_blocking<T: Transform>(
     cx: NodeContext,
 ) -> Result<(), NodeError> {
     let mut inbox = cx.inbox.clone();
-    let mut state = (transform, Vec::with_capacity(BATCH), Emit::default());
+    let mut state = (
+        transform,
+        Vec::with_capacity(BLOCKING_BATCH),
+        Emit::default(),
+    );
     loop {
         let (mut transform, mut batch, mut emit) = state;
-        if inbox.recv_many(&mut batch, BATCH).await == 0 {
+        if inbox.recv_many(&mut batch, BLOCKING_BATCH).await == 0 {
             return Ok(());
         }
         cx.stats
@@ -440,6 +444,11 @@ pub async fn run_transform_blocking<T: Transform>(
         state = (transform, batch, emit);
     }
 }
+
+/// Most messages one trip to the blocking pool takes: each trip costs two thread hand-offs,
+/// so user code takes bigger batches than built-ins (measured on the engine bench's
+/// script case: 64 -> 256 moved it from 173 k to 234 k msg/s).
+const BLOCKING_BATCH: usize = 256;
 
 /// The process-wide bound on batches of user code running at once.
 fn blocking_slots() -> &'static tokio::sync::Semaphore {

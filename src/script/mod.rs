@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rhai::module_resolvers::FileModuleResolver;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
-use serde_json::Value;
 
 use crate::engine::{Msg, NodeId};
 
@@ -265,8 +264,9 @@ pub fn msg_to_map(msg: &Msg) -> Map {
 }
 
 fn payload_to_dynamic(msg: &Msg) -> Dynamic {
-    if let Some(json) = msg.payload_json()
-        && let Ok(value) = rhai::serde::to_dynamic(&*json)
+    // Straight from the bytes into Rhai values: no intermediate `serde_json::Value`.
+    if looks_like_json(&msg.payload)
+        && let Ok(value) = serde_json::from_slice::<Dynamic>(&msg.payload)
     {
         return value;
     }
@@ -274,6 +274,15 @@ fn payload_to_dynamic(msg: &Msg) -> Dynamic {
         Some(text) => Dynamic::from(text.to_string()),
         None => Dynamic::from_blob(msg.payload.to_vec()),
     }
+}
+
+/// Whether a payload may be JSON at all (skips a failing parse of plain text).
+fn looks_like_json(payload: &[u8]) -> bool {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(
+        first,
+        Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+    )
 }
 
 /// One message a script returned.
@@ -297,8 +306,8 @@ pub enum ReturnedPayload {
     Empty,
     /// A string or blob: written as it is.
     Raw(Bytes),
-    /// A map, array, number or boolean: written as JSON.
-    Json(Value),
+    /// A map, array, number or boolean, already written as JSON.
+    Json(Bytes),
 }
 
 /// Turns what a script returned into messages: a map is one message, an array of maps
@@ -391,8 +400,8 @@ fn payload_from_dynamic(value: Dynamic) -> Result<ReturnedPayload, RunError> {
             value.into_blob().unwrap_or_default(),
         )));
     }
-    rhai::serde::from_dynamic::<Value>(&value)
-        .map(ReturnedPayload::Json)
+    serde_json::to_vec(&value)
+        .map(|json| ReturnedPayload::Json(Bytes::from(json)))
         .map_err(|e| RunError(format!("the payload cannot be written as JSON: {e}")))
 }
 
@@ -411,6 +420,13 @@ mod tests {
         )
     }
 
+    fn json(payload: &ReturnedPayload) -> serde_json::Value {
+        match payload {
+            ReturnedPayload::Json(bytes) => serde_json::from_slice(bytes).expect("valid JSON"),
+            other => panic!("a JSON payload expected, got {other:?}"),
+        }
+    }
+
     fn run(source: &str, msg: &Msg) -> Result<Vec<Returned>, RunError> {
         let script = compile(source).expect("compiles");
         let mut scope = Script::new_state();
@@ -421,10 +437,10 @@ mod tests {
     fn json_payload_is_a_map_and_comes_back_as_json() {
         let msg = Msg::new("t", r#"{"v": 21.5, "n": 2}"#, 0);
         let out = run("msg.payload.w = msg.payload.v * msg.payload.n; msg", &msg).unwrap();
-        let ReturnedPayload::Json(value) = &out[0].payload else {
-            panic!("json expected, got {:?}", out[0].payload);
-        };
-        assert_eq!(value, &serde_json::json!({"v": 21.5, "n": 2, "w": 43.0}));
+        assert_eq!(
+            json(&out[0].payload),
+            serde_json::json!({"v": 21.5, "n": 2, "w": 43.0})
+        );
     }
 
     #[test]
@@ -434,7 +450,7 @@ mod tests {
         assert!(matches!(&out[0].payload, ReturnedPayload::Raw(b) if b == "HELLO"));
         let msg = Msg::new("t", vec![0xff, 0x00, 0x10], 0);
         let out = run("msg.payload = msg.payload.len(); msg", &msg).unwrap();
-        assert!(matches!(&out[0].payload, ReturnedPayload::Json(v) if v == &serde_json::json!(3)));
+        assert_eq!(json(&out[0].payload), serde_json::json!(3));
     }
 
     #[test]
@@ -471,9 +487,7 @@ mod tests {
         let msg = Msg::new("t", "x", 0);
         for expected in 1..=3 {
             let out = returned(script.run(&mut scope, &msg).unwrap()).unwrap();
-            assert!(
-                matches!(&out[0].payload, ReturnedPayload::Json(v) if v == &serde_json::json!(expected))
-            );
+            assert_eq!(json(&out[0].payload), serde_json::json!(expected));
         }
         assert_eq!(scope.len(), 1, "per-message variables are gone");
     }
@@ -563,8 +577,10 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert!(matches!(&out[0].payload,
-            ReturnedPayload::Json(v) if v == &serde_json::json!({"v": 1.5, "unit": "kW"})));
+        assert_eq!(
+            json(&out[0].payload),
+            serde_json::json!({"v": 1.5, "unit": "kW"})
+        );
 
         let err = Script::compile(
             "import \"missing\" as m;\nmsg",

@@ -214,10 +214,7 @@ fn apply(mut msg: Msg, out: Returned) -> Msg {
     match out.payload {
         ReturnedPayload::Empty => msg.with_payload(Bytes::new()),
         ReturnedPayload::Raw(bytes) => msg.with_payload(bytes),
-        ReturnedPayload::Json(value) => {
-            msg.set_json_payload(value);
-            msg
-        }
+        ReturnedPayload::Json(bytes) => msg.with_payload(bytes),
     }
 }
 
