@@ -195,7 +195,10 @@ fn graph_prints_dot_and_mermaid() {
 #[test]
 fn the_readme_flow_example_passes_check() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme.find("```yaml\n").expect("a yaml block in the README") + 8;
+    let start = readme
+        .find("```yaml\n")
+        .expect("a yaml block in the README")
+        + 8;
     let end = start + readme[start..].find("```").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("readme.yaml");

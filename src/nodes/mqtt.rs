@@ -278,6 +278,42 @@ impl Backoff {
     }
 }
 
+/// Aborts a node's connection task when the run ends, however it ends; take the handle
+/// out to await a clean end instead.
+pub struct AbortOnDrop(pub Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Logs a (re)connection: one line per connection.
+pub fn log_connected(node: &NodeId, url: &str, connected_before: &mut bool) {
+    let what = if *connected_before {
+        "reconnected to the broker"
+    } else {
+        "connected to the broker"
+    };
+    tracing::info!(node = %node, url, "{what}");
+    *connected_before = true;
+}
+
+/// Logs a failed connection and waits the next backoff delay on the engine's clock.
+pub async fn wait_to_retry(
+    node: &NodeId,
+    url: &str,
+    error: &rumqttc::ConnectionError,
+    backoff: &mut Backoff,
+    clock: &crate::engine::Clock,
+) {
+    let delay = backoff.next_delay();
+    tracing::warn!(node = %node, url, "broker connection failed: {error}; retrying in {delay:?}");
+    clock.sleep(delay).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::engine::template::{Escape, Template};
 use crate::engine::{Clock, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId};
 use crate::flow::values::HumanDuration;
-use crate::nodes::mqtt::{self, Backoff, Connection, Qos, Will};
+use crate::nodes::mqtt::{self, AbortOnDrop, Backoff, Connection, Qos, Will};
 use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
 
 /// Options of an `mqtt.out` node.
@@ -196,17 +196,6 @@ impl Shared {
     }
 }
 
-/// Aborts the connection task when a run ends, however it ends.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
-}
-
 async fn run(settings: Arc<Settings>, mut cx: NodeContext) -> Result<(), NodeError> {
     let (client, eventloop) = settings
         .connection
@@ -279,13 +268,7 @@ async fn poll(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                tracing::info!(
-                    node = %node,
-                    url = %settings.connection.url,
-                    "{}",
-                    if connected_before { "reconnected to the broker" } else { "connected to the broker" }
-                );
-                connected_before = true;
+                mqtt::log_connected(&node, &settings.connection.url, &mut connected_before);
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.with(|t| t.written(pkid)),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shared.with(|t| t.held_back(pkid)),
@@ -301,13 +284,8 @@ async fn poll(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    node = %node,
-                    url = %settings.connection.url,
-                    "broker connection failed: {e}; retrying in {delay:?}"
-                );
-                clock.sleep(delay).await;
+                mqtt::wait_to_retry(&node, &settings.connection.url, &e, &mut backoff, &clock)
+                    .await;
             }
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Clock, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId, Outcome};
 use crate::flow::values::HumanDuration;
-use crate::nodes::mqtt::{self, Backoff, Connection, Qos, Will};
+use crate::nodes::mqtt::{self, AbortOnDrop, Backoff, Connection, Qos, Will};
 use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
 
 /// Options of an `mqtt.in` node.
@@ -161,17 +161,6 @@ struct Received {
     publish: Publish,
 }
 
-/// Aborts the connection task when a run ends, however it ends.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
-}
-
 async fn run(settings: Arc<Settings>, cx: NodeContext) -> Result<(), NodeError> {
     let (client, eventloop) = settings
         .connection
@@ -297,14 +286,7 @@ async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
-                tracing::info!(
-                    node = %node,
-                    url = %settings.connection.url,
-                    session_present = ack.session_present,
-                    "{}",
-                    if connected_before { "reconnected to the broker" } else { "connected to the broker" }
-                );
-                connected_before = true;
+                mqtt::log_connected(&node, &settings.connection.url, &mut connected_before);
                 if !ack.session_present {
                     let filters = settings
                         .filters
@@ -353,13 +335,8 @@ async fn poll(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    node = %node,
-                    url = %settings.connection.url,
-                    "broker connection failed: {e}; retrying in {delay:?}"
-                );
-                clock.sleep(delay).await;
+                mqtt::wait_to_retry(&node, &settings.connection.url, &e, &mut backoff, &clock)
+                    .await;
             }
         }
     }
