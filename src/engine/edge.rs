@@ -119,7 +119,12 @@ impl Edge {
     /// Sends a message, applying the overflow policy. Waits only under `block` and
     /// `latest_per_topic`. Fails only when the consumer has closed the edge.
     pub async fn send(&self, msg: Msg) -> Result<(), Closed> {
-        let mut msg = msg;
+        // Fast path: room in the queue, no waiter registered on `space`.
+        let mut msg = match self.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(TrySend::Closed(m)) => return Err(Closed(m)),
+            Err(TrySend::Full(m)) => m,
+        };
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -136,15 +141,18 @@ impl Edge {
     /// Sends without waiting; a full `block` edge hands the message back.
     pub fn try_send(&self, msg: Msg) -> Result<(), TrySend> {
         let discarded;
+        let was_empty;
         {
             let mut state = self.lock();
             if state.closed {
                 return Err(TrySend::Closed(msg));
             }
             if state.queue.len() < self.capacity {
+                was_empty = state.queue.is_empty();
                 state.queue.push_back(msg);
                 discarded = None;
             } else {
+                was_empty = false;
                 match self.overflow {
                     Overflow::Block => return Err(TrySend::Full(msg)),
                     Overflow::DropNewest => discarded = Some(msg),
@@ -177,7 +185,12 @@ impl Edge {
             }
             None => {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                self.consumer.notify_one();
+                // Only the first message into an empty queue wakes the consumer: it takes
+                // everything queued and looks again before it waits, so later ones are
+                // seen without a wake-up of their own.
+                if was_empty {
+                    self.consumer.notify_one();
+                }
             }
         }
         Ok(())
