@@ -138,6 +138,32 @@ impl Edge {
         }
     }
 
+    /// Queues as many of `msgs` (from the front) as fit, under one lock, for a `block`
+    /// edge; what did not fit stays in `msgs`. Other policies, or a closed edge, take
+    /// nothing here: send those one by one.
+    pub fn push_many(&self, msgs: &mut std::collections::VecDeque<Msg>) {
+        if self.overflow != Overflow::Block {
+            return;
+        }
+        let (pushed, was_empty) = {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            let was_empty = state.queue.is_empty();
+            let room = self.capacity.saturating_sub(state.queue.len());
+            let n = room.min(msgs.len());
+            state.queue.extend(msgs.drain(..n));
+            (n, was_empty)
+        };
+        if pushed > 0 {
+            self.stats.sent.fetch_add(pushed as u64, Ordering::Relaxed);
+            if was_empty {
+                self.consumer.notify_one();
+            }
+        }
+    }
+
     /// Sends without waiting; a full `block` edge hands the message back.
     pub fn try_send(&self, msg: Msg) -> Result<(), TrySend> {
         let discarded;

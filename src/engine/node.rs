@@ -258,11 +258,42 @@ impl Outputs {
         msg.fail(reason);
     }
 
-    /// Sends everything collected in `emit`, in order.
+    /// Sends everything collected in `emit`, in order. A run of messages for a port
+    /// that feeds one `block` edge is queued under one lock.
     pub async fn flush(&self, emit: &mut Emit) {
-        for item in emit.items.drain(..) {
+        let mut items = emit.items.drain(..).peekable();
+        let mut run = std::collections::VecDeque::new();
+        while let Some(item) = items.next() {
             match item {
-                Emitted::Msg(port, msg) => self.emit(port, msg).await,
+                Emitted::Msg(port, msg) => {
+                    let single = self
+                        .ports
+                        .get(port.0)
+                        .filter(|p| p.edges.len() == 1 && port != self.error_port());
+                    let Some(output) = single else {
+                        self.emit(port, msg).await;
+                        continue;
+                    };
+                    run.push_back(msg);
+                    while let Some(Emitted::Msg(next, _)) = items.peek()
+                        && *next == port
+                    {
+                        if let Some(Emitted::Msg(_, msg)) = items.next() {
+                            run.push_back(msg);
+                        }
+                    }
+                    self.stats
+                        .emitted
+                        .fetch_add(run.len() as u64, Ordering::Relaxed);
+                    let edge = &output.edges[0];
+                    edge.push_many(&mut run);
+                    // What did not fit (a full queue, another policy, a closed edge).
+                    for msg in run.drain(..) {
+                        if let Err(closed) = edge.send(msg).await {
+                            closed.0.fail(format!("{} stopped", edge.label));
+                        }
+                    }
+                }
                 Emitted::Error(msg, reason) => self.emit_error(msg, reason).await,
             }
         }
