@@ -207,6 +207,20 @@ fn benches(c: &mut Criterion) {
         });
     });
     group.finish();
+
+    // One field read from a typical sensor payload: the cost every filter/switch/change
+    // pays per message.
+    let mut group = c.benchmark_group("fields");
+    let payload = payloads()[0].clone();
+    let unit: headwater::engine::fields::FieldPath = "payload.unit".parse().unwrap();
+    let headwater::engine::fields::FieldPath::Payload(steps) = unit else {
+        unreachable!()
+    };
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("extract_payload_unit", |b| {
+        b.iter(|| headwater::engine::fields::extract(std::hint::black_box(&payload), &steps))
+    });
+    group.finish();
 }
 
 criterion_group!(engine, benches);

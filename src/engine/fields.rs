@@ -213,118 +213,19 @@ impl<'a> MsgView<'a> {
 /// the document. `None` when the text is not JSON or has nothing there. With duplicate
 /// keys the last one wins, as in a parsed [`Value`].
 pub fn extract(bytes: &[u8], steps: &[Step]) -> Option<Value> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let found = PathSeed(steps).deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    found
-}
-
-/// Deserializes only the value at a path, skipping everything else.
-struct PathSeed<'s>(&'s [Step]);
-
-impl<'de> serde::de::DeserializeSeed<'de> for PathSeed<'_> {
-    type Value = Option<Value>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
-        if self.0.is_empty() {
-            Value::deserialize(d).map(Some)
-        } else {
-            d.deserialize_any(self)
+    let (start, end) = super::scan::find(bytes, steps).ok()??;
+    let raw = &bytes[start..end];
+    // The common leaves without serde's machinery; the scan has checked their grammar.
+    match raw {
+        [b'"', text @ .., b'"'] if !text.contains(&b'\\') => {
+            return std::str::from_utf8(text).ok().map(Value::from);
         }
+        b"true" => return Some(Value::Bool(true)),
+        b"false" => return Some(Value::Bool(false)),
+        b"null" => return Some(Value::Null),
+        _ => {}
     }
-}
-
-/// Matches a map key against the wanted one without allocating.
-struct KeyIs<'s>(&'s str);
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(key == self.0)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for PathSeed<'_> {
-    type Value = Option<Value>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        use serde::de::IgnoredAny;
-        let (key, rest) = match self.0.split_first() {
-            Some((Step::Key(key), rest)) => (Some(key.as_str()), rest),
-            _ => (None, &[][..]),
-        };
-        let mut found = None;
-        while let Some(matched) = match key {
-            Some(key) => map.next_key_seed(KeyIs(key))?,
-            None => map.next_key::<IgnoredAny>()?.map(|_| false),
-        } {
-            if matched {
-                found = map.next_value_seed(PathSeed(rest))?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        use serde::de::IgnoredAny;
-        let (index, rest) = match self.0.split_first() {
-            Some((Step::Index(i), rest)) => (Some(*i), rest),
-            _ => (None, &[][..]),
-        };
-        let mut found = None;
-        let mut at = 0;
-        loop {
-            if Some(at) == index {
-                match seq.next_element_seed(PathSeed(rest))? {
-                    Some(value) => found = value,
-                    None => break,
-                }
-            } else if seq.next_element::<IgnoredAny>()?.is_none() {
-                break;
-            }
-            at += 1;
-        }
-        Ok(found)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    serde_json::from_slice(raw).ok()
 }
 
 /// The value at `steps` inside `value`.
@@ -577,5 +478,52 @@ mod extract_tests {
             "trailing text"
         );
         assert_eq!(extract(b"plain text", &path("payload.a")), None);
+    }
+
+    #[test]
+    fn extract_refuses_what_serde_json_refuses() {
+        // Each document: does a full parse accept it, and does the skimmer agree?
+        let docs: &[&[u8]] = &[
+            br#"{"a": 1, "b": "x"}"#,
+            br#" {"a" : [1, 2.5e-3, -0, true, false, null, {"k": []}], "b": "\u00e9\n"} "#,
+            br#"{"a": 01}"#,
+            br#"{"a": 1.}"#,
+            br#"{"a": -}"#,
+            br#"{"a": 1e}"#,
+            br#"{"a": .5}"#,
+            br#"{"a": 1,}"#,
+            br#"{"a": [1,]}"#,
+            br#"{"a" 1}"#,
+            br#"{a: 1}"#,
+            br#"{"a": tru}"#,
+            br#"{"a": "\x"}"#,
+            br#"{"a": "\ud800"}"#,
+            br#"{"a": "\ud83d\ude00", "b": 2}"#,
+            b"{\"a\": \"tab\there\"}",
+            b"{\"a\": \"\xff\"}",
+            "{\"a\": \"caf\u{e9}\", \"b\": 1}".as_bytes(),
+            br#"{"\u0061": 5, "b": 1}"#,
+            br#"[1, 2, 3]"#,
+            br#""a""#,
+            b"",
+            b"   ",
+            br#"{"a": 1} {"a": 2}"#,
+        ];
+        for doc in docs {
+            let full: Result<Value, _> = serde_json::from_slice(doc);
+            for p in ["payload.a", "payload.b", "payload[1]", "payload.a[0]"] {
+                let steps = path(p);
+                let expected = full.as_ref().ok().and_then(|v| lookup(v, &steps).cloned());
+                assert_eq!(
+                    extract(doc, &steps),
+                    expected,
+                    "{} at {p}",
+                    String::from_utf8_lossy(doc)
+                );
+            }
+        }
+        // Nesting deeper than serde_json allows is refused, not a stack overflow.
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(extract(deep.as_bytes(), &path("payload[0]")), None);
     }
 }

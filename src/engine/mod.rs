@@ -7,6 +7,7 @@ pub mod fields;
 pub mod harness;
 pub mod msg;
 pub mod node;
+mod scan;
 mod supervisor;
 pub mod template;
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
@@ -118,7 +118,9 @@ struct ParsedPayload {
 }
 
 /// Parse cache shared by fan-out copies: a chain of nodes reading fields parses once.
-type JsonCache = Arc<Mutex<Option<ParsedPayload>>>;
+/// Allocated on first use (a parse or a fan-out copy), so a message that is only read
+/// through field scans never pays for it.
+type JsonCache = OnceLock<Arc<Mutex<Option<ParsedPayload>>>>;
 
 fn same_buffer(a: &Bytes, b: &Bytes) -> bool {
     a.as_ptr() == b.as_ptr() && a.len() == b.len()
@@ -221,7 +223,11 @@ impl Msg {
     /// The payload parsed as JSON, if it is. Parsed once per payload and shared with
     /// fan-out copies, so consecutive nodes reading fields do not parse again.
     pub fn payload_json(&self) -> Option<Arc<serde_json::Value>> {
-        let mut cache = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .json
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(parsed) = cache.as_ref()
             && same_buffer(&parsed.source, &self.payload)
         {
@@ -238,7 +244,7 @@ impl Msg {
     /// The parsed payload if it was parsed already (by this node or one before), without
     /// parsing: `Some(None)` when it is known not to be JSON.
     pub fn cached_json(&self) -> Option<Option<Arc<serde_json::Value>>> {
-        let cache = self.json.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.json.get()?.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .as_ref()
             .filter(|parsed| same_buffer(&parsed.source, &self.payload))
@@ -250,10 +256,10 @@ impl Msg {
     pub fn set_json_payload(&mut self, value: serde_json::Value) {
         self.payload = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
         // A fresh cache: fan-out copies keep theirs, which still matches their payload.
-        self.json = Arc::new(Mutex::new(Some(ParsedPayload {
+        self.json = OnceLock::from(Arc::new(Mutex::new(Some(ParsedPayload {
             source: self.payload.clone(),
             value: Some(Arc::new(value)),
-        })));
+        }))));
     }
 
     /// This branch reached a terminal state normally: committed by a sink, or ended on
@@ -283,7 +289,7 @@ impl Clone for Msg {
             timestamp_ms: self.timestamp_ms,
             id: self.id,
             ack: self.ack.fork(),
-            json: self.json.clone(),
+            json: OnceLock::from(self.json.get_or_init(Default::default).clone()),
         }
     }
 }
