@@ -8,8 +8,10 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod broker;
 pub mod cli;
 pub mod engine;
 pub mod flow;
 pub mod nodes;
 pub mod script;
+pub mod store;

@@ -15,7 +15,14 @@ fn write_flow(dir: &Path, name: &str, yaml: &str) -> String {
 
 fn run(dir: &Path, flow: &str) -> Gateway {
     let data = dir.join("data");
-    Gateway::start(&["--data-dir", data.to_str().unwrap(), "run", flow])
+    Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        flow,
+    ])
 }
 
 #[test]

@@ -28,6 +28,8 @@ fn runs_logs_json_and_stops_on_sigterm() {
         "--data-dir",
         data.to_str().unwrap(),
         "run",
+        "--listen",
+        "127.0.0.1:0",
         &flow,
     ]);
     let line = gateway.wait_for("\"node\":\"ticks/show\"");
@@ -47,7 +49,14 @@ fn stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let flow = flow_file(dir.path());
     let data = dir.path().join("state");
-    let gateway = Gateway::start(&["--data-dir", data.to_str().unwrap(), "run", &flow]);
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        &flow,
+    ]);
     gateway.wait_for("engine started");
     gateway.signal("INT");
     gateway.wait_for("shutting down: SIGINT");

@@ -1,6 +1,7 @@
 //! The command line: parses arguments without touching the system, sets up logging,
 //! then runs one command. `anyhow` lives here and in `main.rs` only.
 
+mod broker;
 mod check;
 mod graph;
 mod run;
@@ -46,6 +47,18 @@ pub enum Command {
         /// Flow files (YAML); each flow is loaded and checked on its own
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Broker options (override the settings file's `broker:` section)
+        #[command(flatten)]
+        broker: broker::BrokerArgs,
+        /// Do not start the built-in MQTT broker
+        #[arg(long)]
+        no_broker: bool,
+    },
+    /// Run the built-in MQTT broker alone (MQTT 3.1, 3.1.1 and 5.0) until SIGINT or SIGTERM
+    Broker {
+        /// Broker options
+        #[command(flatten)]
+        args: broker::BrokerArgs,
     },
     /// Check flow files and report every problem as file:line:col; exit 1 if any
     Check {
@@ -82,7 +95,12 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { files } => run::run(&files, cli.data_dir),
+        Command::Run {
+            files,
+            broker,
+            no_broker,
+        } => run::run(&files, cli.data_dir, (!no_broker).then_some(&broker)),
+        Command::Broker { args } => broker::broker(&args, cli.data_dir),
         Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
         Command::Graph { files, format } => graph::graph(&files, format),
         Command::Schema => {

@@ -9,7 +9,13 @@ use crate::engine::{Clock, Engine, EngineOptions, ShutdownReport};
 use crate::flow::{self, interpolate::ProcessEnv};
 
 /// Runs the flows in `files` until a signal arrives or every node has finished.
-pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// The built-in broker starts first (unless `broker_args` is `None` or the settings say
+/// `enabled: false`) and stops last, after the flows drained.
+pub fn run(
+    files: &[PathBuf],
+    data_dir_flag: Option<PathBuf>,
+    broker_args: Option<&super::broker::BrokerArgs>,
+) -> anyhow::Result<ExitCode> {
     let set = match flow::load(files, &ProcessEnv) {
         Ok(set) => set,
         Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
@@ -17,6 +23,13 @@ pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<
     let data_dir = super::data_dir(data_dir_flag, set.settings.data_dir.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let broker_config = match broker_args {
+        Some(args) => {
+            let config = args.apply(set.settings.broker.clone().unwrap_or_default())?;
+            config.enabled.then_some(config)
+        }
+        None => None,
+    };
     let clock = Clock::system();
     let plan = match set.plan(&data_dir, &clock) {
         Ok(plan) => plan,
@@ -30,6 +43,10 @@ pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<
     runtime.block_on(async move {
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
         tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
+        let broker = match broker_config {
+            Some(config) => Some(super::broker::start(config, &data_dir).await?),
+            None => None,
+        };
         let engine = Engine::start(
             plan,
             EngineOptions {
@@ -43,7 +60,11 @@ pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<
             () = engine.finished() => "every node finished",
         };
         tracing::info!("shutting down: {reason}");
-        match engine.shutdown().await {
+        let report = engine.shutdown().await;
+        if let Some(broker) = broker {
+            broker.shutdown().await;
+        }
+        match report {
             ShutdownReport::Drained => Ok(ExitCode::SUCCESS),
             ShutdownReport::Aborted => Ok(ExitCode::FAILURE),
         }
@@ -51,7 +72,7 @@ pub fn run(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> anyhow::Result<
 }
 
 /// Waits for SIGINT or SIGTERM and says which.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+pub(super) async fn shutdown_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;

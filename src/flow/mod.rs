@@ -44,6 +44,8 @@ pub enum Delivery {
 pub struct Settings {
     /// `data_dir:`, relative to the file that sets it.
     pub data_dir: Option<PathBuf>,
+    /// `broker:`, the built-in MQTT broker (defaults when absent).
+    pub broker: Option<crate::broker::BrokerConfig>,
 }
 
 /// A loaded, validated set of flow files.
@@ -179,11 +181,11 @@ impl Loader {
                     }
                 }
                 "flows" => self.flows(file, value),
-                "data_dir" => self.settings(file, key.pos, value),
+                "data_dir" | "broker" => self.settings(file, &key.name, key.pos, value),
                 other => {
                     let message = format!(
-                        "unknown top-level key `{other}`{}; expected `version`, `flows` or `data_dir`",
-                        suggest(other, &["version", "flows", "data_dir"])
+                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker` or `data_dir`",
+                        suggest(other, &["version", "flows", "broker", "data_dir"])
                     );
                     self.error(file, key.pos, message);
                 }
@@ -198,7 +200,7 @@ impl Loader {
         }
     }
 
-    fn settings(&mut self, file: &Arc<SourceFile>, pos: Pos, value: &Node) {
+    fn settings(&mut self, file: &Arc<SourceFile>, key: &str, pos: Pos, value: &Node) {
         if let Some((other, other_pos)) = &self.settings_at
             && !Arc::ptr_eq(other, file)
         {
@@ -212,6 +214,10 @@ impl Loader {
             return;
         }
         self.settings_at = Some((file.clone(), pos));
+        if key == "broker" {
+            self.broker_settings(file, value);
+            return;
+        }
         match value.as_str() {
             Some(dir) => {
                 let base = file.path.parent().unwrap_or(Path::new("."));
@@ -223,6 +229,50 @@ impl Loader {
                 format!("`data_dir` must be a path, found {}", value.kind_name()),
             ),
         }
+    }
+
+    fn broker_settings(&mut self, file: &Arc<SourceFile>, value: &Node) {
+        use crate::broker::BrokerConfig;
+        let config = match serde_path_to_error::deserialize::<_, BrokerConfig>(value.to_json()) {
+            Ok(config) => config,
+            Err(e) => {
+                let pos = value.locate(&tree::parse_error_path(e.path()));
+                self.error(
+                    file,
+                    pos,
+                    format!("`broker`: {}", serde_message(&e.into_inner().to_string())),
+                );
+                return;
+            }
+        };
+        // Mosquitto 2's rule: anonymous access only on loopback unless said outright.
+        if config.allow_anonymous != Some(true) {
+            for (i, listener) in config.listeners.iter().enumerate() {
+                let loopback = listener
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(listener.host == "localhost");
+                if !loopback {
+                    let pos = value
+                        .get("listeners")
+                        .and_then(|l| match &l.value {
+                            tree::Value::Seq(items) => items.get(i),
+                            _ => None,
+                        })
+                        .map_or(value.pos, |n| n.pos);
+                    self.error(
+                        file,
+                        pos,
+                        format!(
+                            "listener {}:{} is reachable beyond this machine and has no authentication; write `allow_anonymous: true` under `broker:` to accept anyone",
+                            listener.host, listener.port
+                        ),
+                    );
+                }
+            }
+        }
+        self.settings.broker = Some(config);
     }
 
     fn duplicate_keys(

@@ -59,7 +59,9 @@ pub fn flow_file_schema() -> Value {
     }
     let type_names: Vec<&str> = KINDS.iter().map(|k| k.type_name()).collect();
 
+    let broker = crate::broker::BrokerConfig::json_schema(&mut generator).to_value();
     let mut defs = Map::new();
+    defs.insert("BrokerConfig".into(), broker);
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
     }
@@ -95,6 +97,7 @@ pub fn flow_file_schema() -> Value {
         "properties": {
             "version": { "const": super::FORMAT_VERSION, "description": "Format version" },
             "data_dir": { "type": "string", "description": "Where state and files are kept (at most one file may set it)" },
+            "broker": { "$ref": "#/$defs/BrokerConfig" },
             "flows": {
                 "type": "object",
                 "description": "Flows by name",

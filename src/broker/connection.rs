@@ -1,0 +1,1073 @@
+//! One client connection: a task that reads packets, applies them to the shared state,
+//! and writes what the session has for the client. Acknowledgements that promise
+//! durability (PUBACK, PUBREC, SUBACK, UNSUBACK, CONNACK of a persistent session) are
+//! written only after the store says the change is on disk; they queue up in order
+//! (`pending`) so one client's packets are answered in the order they came.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{
+    Codec, ConnAck, Connect, Packet, ProtocolViolation, Publish, Qos, Version, Will, reason,
+};
+use super::session::{
+    self, Attached, INCOMING, Message, Queued, Session, Subscription, encode_queued, incoming_key,
+    queue_key,
+};
+use super::{Broker, now_ms, topic};
+use crate::store::{Op, StoreError};
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read and write buffers above this are released when the connection is idle, so an
+/// idle connection costs little memory.
+const IDLE_BUFFER: usize = 4096;
+
+type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+/// A commit in flight with what to do when it lands.
+type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
+
+/// What to do once a commit is durable.
+struct After {
+    /// Packets to write, in order.
+    replies: Vec<Packet>,
+    /// Deliveries to push into session queues.
+    deliveries: Vec<(ByteString, Queued)>,
+    /// What to write instead when the commit failed (v5 reason 0x97); `None` closes
+    /// the connection.
+    on_error: Option<Packet>,
+    /// An inbound QoS 1/2 publish finished (for the receive maximum).
+    inbound_done: bool,
+}
+
+/// Why a connection ended.
+enum End {
+    /// The client sent DISCONNECT: no will (unless v5 reason 0x04).
+    Normal { send_will: bool },
+    /// Anything else: the will is sent.
+    Abnormal(String),
+}
+
+/// Serves one TCP connection until it ends.
+pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut read, write) = stream.into_split();
+    let mut codec = Codec::new(broker.shared.config.max_packet_size);
+    let mut rbuf = BytesMut::new();
+    // CONNECT first, within a deadline.
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        loop {
+            match codec.decode(&mut rbuf) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+                Ok(Some(_)) => unreachable!("the codec refuses anything before connect"),
+                Ok(None) => {}
+                Err(violation) => return Err(violation.to_string()),
+            }
+            match read.read_buf(&mut rbuf).await {
+                Ok(0) => return Err("closed before connect".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    let connect = match connect {
+        Ok(Ok(connect)) => connect,
+        Ok(Err(reason)) => {
+            // An unsupported version still gets a CONNACK in the version it asked for
+            // where possible; anything else is closed [MQTT-4.8.0-1].
+            tracing::debug!(%peer, %reason, "connection refused before connect");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no connect within {CONNECT_TIMEOUT:?}; closing");
+            return;
+        }
+    };
+    let mut conn = Connection::new(broker, codec, write, peer);
+    let end = match conn.accept(*connect).await {
+        Ok(()) => conn.run(read, rbuf).await,
+        Err(end) => end,
+    };
+    conn.finish(end).await;
+}
+
+struct Connection {
+    broker: Broker,
+    codec: Codec,
+    write: OwnedWriteHalf,
+    out: BytesMut,
+    peer: std::net::SocketAddr,
+    client_id: ByteString,
+    version: Version,
+    conn_id: u64,
+    wake: Arc<Notify>,
+    kick: CancellationToken,
+    kick_reason: Arc<AtomicU8>,
+    keep_alive: Option<Duration>,
+    will: Option<Will>,
+    /// v5 topic aliases the client set up (alias -> topic).
+    inbound_aliases: HashMap<u16, ByteString>,
+    /// v5 topic aliases we set up towards the client (topic -> alias).
+    outbound_aliases: HashMap<ByteString, NonZeroU16>,
+    client_alias_max: u16,
+    /// Outbound inflight window.
+    window: usize,
+    /// Commits in flight, answered in order.
+    pending: FuturesOrdered<Pending>,
+    /// Inbound QoS 1/2 publishes not yet acknowledged (receive maximum).
+    inbound_unacked: usize,
+    attached: bool,
+}
+
+impl Connection {
+    fn new(
+        broker: Broker,
+        codec: Codec,
+        write: OwnedWriteHalf,
+        peer: std::net::SocketAddr,
+    ) -> Self {
+        let conn_id = broker.next_connection_id();
+        Connection {
+            broker,
+            codec,
+            write,
+            out: BytesMut::new(),
+            peer,
+            client_id: ByteString::new(),
+            version: Version::V311,
+            conn_id,
+            wake: Arc::new(Notify::new()),
+            kick: CancellationToken::new(),
+            kick_reason: Arc::new(AtomicU8::new(0)),
+            keep_alive: None,
+            will: None,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            client_alias_max: 0,
+            window: 1,
+            pending: FuturesOrdered::new(),
+            inbound_unacked: 0,
+            attached: false,
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.out) {
+            tracing::debug!(client = %self.client_id, "{e}");
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.write.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > IDLE_BUFFER {
+                self.out = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// CONNECT: sets up or resumes the session and answers CONNACK.
+    async fn accept(&mut self, connect: Connect) -> Result<(), End> {
+        let config = &self.broker.shared.config;
+        self.version = connect.version;
+        let mut ack = ConnAck {
+            receive_max: config.receive_maximum,
+            retain_available: true,
+            max_packet_size: Some(config.max_packet_size),
+            topic_alias_max: config.topic_alias_maximum,
+            ..ConnAck::default()
+        };
+        // Client id: assigned when empty (v3.1.1 only with clean session, which the
+        // codec enforces; v5 always) [MQTT-3.1.3-6].
+        let mut client_id = connect.client_id.clone();
+        if client_id.is_empty() {
+            if connect.version == Version::V31 {
+                ack.reason = reason::CLIENT_ID_NOT_VALID;
+                self.send(Packet::ConnAck(ack));
+                let _ = self.flush().await;
+                return Err(End::Abnormal("empty client id on mqtt 3.1".into()));
+            }
+            client_id = format!("hw-{:016x}", rand_id(self.conn_id)).into();
+            if connect.version == Version::V5 {
+                ack.assigned_client_id = Some(client_id.clone());
+            }
+        }
+        if self.broker.shared.connections() > config.max_connections {
+            ack.reason = reason::SERVER_BUSY;
+            self.send(Packet::ConnAck(ack));
+            let _ = self.flush().await;
+            return Err(End::Abnormal("max_connections reached".into()));
+        }
+        // Keepalive: never more than max_keepalive; v5 clients are told [MQTT-3.2.2-21].
+        let mut keep_alive = connect.keep_alive;
+        if keep_alive == 0 || keep_alive > config.max_keepalive {
+            if connect.version == Version::V5 && config.max_keepalive < 65535 {
+                keep_alive = config.max_keepalive;
+                ack.server_keep_alive = Some(keep_alive);
+            } else if keep_alive > config.max_keepalive {
+                keep_alive = config.max_keepalive;
+            }
+        }
+        // The client must be heard from within 1.5 x keepalive [MQTT-3.1.2-24].
+        self.keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        self.client_alias_max = connect.topic_alias_max;
+        self.window = usize::from(connect.receive_max.min(config.max_inflight_messages)).max(1);
+        self.codec.set_max_outgoing(connect.max_packet_size);
+        self.will = connect.will.clone();
+        self.client_id = client_id.clone();
+
+        let durable = self.broker.shared.durable();
+        let mut ops = Vec::new();
+        let session_present;
+        {
+            let mut state = self.broker.state();
+            // Takeover: the old connection is closed [MQTT-3.1.4-3].
+            if let Some(old) = state
+                .sessions
+                .get_mut(&client_id)
+                .and_then(|s| s.attached.take())
+            {
+                old.kick_reason
+                    .store(reason::SESSION_TAKEN_OVER, Ordering::Relaxed);
+                old.kick.cancel();
+                tracing::info!(client = %client_id, "session taken over by a new connection");
+            }
+            let resume = !connect.clean_start && state.sessions.contains_key(&client_id);
+            if !resume {
+                if state.remove_session(&client_id).is_some() || durable {
+                    // A clean start erases what an earlier session left [MQTT-3.1.2-4].
+                    if durable {
+                        ops.extend(Session::erase_ops(&client_id));
+                    }
+                }
+                state.sessions.insert(
+                    client_id.clone(),
+                    Session::new(client_id.clone(), connect.session_expiry, connect.version),
+                );
+            }
+            let session = state.sessions.get_mut(&client_id).expect("inserted above");
+            session.expiry = connect.session_expiry;
+            session.version = connect.version;
+            session.generation += 1;
+            session.attached = Some(Attached {
+                id: self.conn_id,
+                wake: self.wake.clone(),
+                kick: self.kick.clone(),
+                kick_reason: self.kick_reason.clone(),
+            });
+            session_present = resume;
+            if durable && session.persistent() {
+                ops.push(session.record_op());
+            }
+        }
+        self.attached = true;
+        // A persistent session's CONNACK waits until the session is on disk.
+        if !ops.is_empty()
+            && let Err(e) = self.broker.shared.store.commit(ops).await
+        {
+            ack.reason = if matches!(e, StoreError::QuotaExceeded) {
+                reason::QUOTA_EXCEEDED
+            } else {
+                reason::SERVER_UNAVAILABLE
+            };
+            self.send(Packet::ConnAck(ack));
+            let _ = self.flush().await;
+            return Err(End::Abnormal(format!("session could not be stored: {e}")));
+        }
+        ack.session_present = session_present;
+        if connect.version == Version::V5 && connect.session_expiry != u32::MAX {
+            ack.session_expiry = None;
+        }
+        self.send(Packet::ConnAck(ack));
+        self.broker.shared.stats.clients_total_connects();
+        tracing::info!(
+            client = %self.client_id,
+            peer = %self.peer,
+            version = ?self.version,
+            session_present,
+            "client connected"
+        );
+        // Resend what was in flight, with DUP [MQTT-4.4.0-1], then the queue.
+        let resend: Vec<Queued> = {
+            let state = self.broker.state();
+            state
+                .sessions
+                .get(&self.client_id)
+                .map(|s| s.inflight.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        for queued in resend {
+            let packet_id = queued.packet_id.expect("inflight has a packet id");
+            if queued.released {
+                self.send(Packet::PubRel(packet_id, 0));
+            } else {
+                let publish = self.outgoing_publish(&queued, Some(packet_id), true);
+                self.send(Packet::Publish(Box::new(publish)));
+            }
+        }
+        self.pump();
+        self.flush()
+            .await
+            .map_err(|e| End::Abnormal(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn run(&mut self, mut read: tokio::net::tcp::OwnedReadHalf, mut rbuf: BytesMut) -> End {
+        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        // Packets that arrived with the CONNECT.
+        if let Err(end) = self.decode_all(&mut rbuf) {
+            return end;
+        }
+        loop {
+            if let Err(e) = self.flush().await {
+                return End::Abnormal(format!("write failed: {e}"));
+            }
+            let keepalive = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.kick.cancelled() => {
+                    let code = self.kick_reason.load(Ordering::Relaxed);
+                    if self.version == Version::V5 {
+                        self.send(Packet::Disconnect(code, None));
+                        let _ = self.flush().await;
+                    }
+                    self.attached = code != reason::SESSION_TAKEN_OVER;
+                    return End::Abnormal(format!("closed by the broker (reason {code:#04x})"));
+                }
+                Some((result, after)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(end) = self.complete(result, after) {
+                        return end;
+                    }
+                }
+                _ = self.wake.notified() => self.pump(),
+                read = read.read_buf(&mut rbuf) => {
+                    match read {
+                        Ok(0) => return End::Abnormal("connection closed by the client".into()),
+                        Ok(_) => {
+                            deadline = self.keep_alive.map(|k| Instant::now() + k);
+                            if let Err(end) = self.decode_all(&mut rbuf) {
+                                return end;
+                            }
+                            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+                                rbuf = BytesMut::new();
+                            }
+                        }
+                        Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                    }
+                }
+                _ = keepalive => {
+                    if self.version == Version::V5 {
+                        self.send(Packet::Disconnect(reason::KEEP_ALIVE_TIMEOUT, None));
+                        let _ = self.flush().await;
+                    }
+                    return End::Abnormal("keepalive timeout".into());
+                }
+            }
+        }
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        loop {
+            match self.codec.decode(rbuf) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => return Ok(()),
+                Err(violation) => return Err(self.violation(violation)),
+            }
+        }
+    }
+
+    /// Closes for a protocol violation, with its reason code on v5 [MQTT-4.13.1-1].
+    fn violation(&mut self, violation: ProtocolViolation) -> End {
+        tracing::info!(client = %self.client_id, peer = %self.peer, "closing: {violation}");
+        if self.version == Version::V5 {
+            self.send(Packet::Disconnect(violation.reason_code(), None));
+        }
+        End::Abnormal(violation.to_string())
+    }
+
+    fn protocol_error(&mut self, code: u8, what: &str) -> End {
+        tracing::info!(client = %self.client_id, peer = %self.peer, "closing: {what}");
+        if self.version == Version::V5 {
+            self.send(Packet::Disconnect(code, None));
+        }
+        End::Abnormal(what.to_string())
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(*publish),
+            Packet::PubAck(id, _) => {
+                self.on_ack(id, Qos::AtLeastOnce);
+                Ok(())
+            }
+            Packet::PubRec(id, code) => {
+                self.on_pubrec(id, code);
+                Ok(())
+            }
+            Packet::PubRel(id, _) => {
+                self.on_pubrel(id);
+                Ok(())
+            }
+            Packet::PubComp(id, _) => {
+                self.on_ack(id, Qos::ExactlyOnce);
+                Ok(())
+            }
+            Packet::Subscribe {
+                packet_id,
+                subscription_id,
+                filters,
+            } => self.on_subscribe(packet_id, subscription_id, filters),
+            Packet::Unsubscribe(packet_id, filters) => {
+                self.on_unsubscribe(packet_id, filters);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(code, expiry) => {
+                if let Some(expiry) = expiry {
+                    let mut state = self.broker.state();
+                    if let Some(session) = state.sessions.get_mut(&self.client_id) {
+                        if session.expiry == 0 && expiry > 0 {
+                            drop(state);
+                            return Err(self.protocol_error(
+                                reason::PROTOCOL_ERROR,
+                                "session expiry set at disconnect after 0 at connect [MQTT-3.14.2-2]",
+                            ));
+                        }
+                        session.expiry = expiry;
+                    }
+                }
+                Err(End::Normal {
+                    send_will: code == reason::DISCONNECT_WITH_WILL,
+                })
+            }
+            Packet::Auth => Err(self.protocol_error(
+                reason::PROTOCOL_ERROR,
+                "enhanced authentication is not supported",
+            )),
+            other => Err(self.protocol_error(
+                reason::PROTOCOL_ERROR,
+                &format!("unexpected packet from a client: {other:?}"),
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, mut publish: Publish) -> Result<(), End> {
+        let shared = self.broker.shared.clone();
+        shared.stats.received(publish.payload.len());
+        // v5 topic aliases [MQTT-3.3.2-7..12].
+        if let Some(alias) = publish.topic_alias {
+            if alias.get() > shared.config.topic_alias_maximum {
+                return Err(self
+                    .protocol_error(reason::TOPIC_ALIAS_INVALID, "topic alias above the maximum"));
+            }
+            if publish.topic.is_empty() {
+                match self.inbound_aliases.get(&alias.get()) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        return Err(self.protocol_error(
+                            reason::PROTOCOL_ERROR,
+                            "unknown topic alias [MQTT-3.3.4-7]",
+                        ));
+                    }
+                }
+            } else {
+                self.inbound_aliases
+                    .insert(alias.get(), publish.topic.clone());
+            }
+            publish.topic_alias = None;
+        }
+        let packet_id = publish.packet_id;
+        let qos = publish.qos;
+        if qos != Qos::AtMostOnce {
+            self.inbound_unacked += 1;
+            if self.version == Version::V5
+                && self.inbound_unacked > usize::from(shared.config.receive_maximum)
+            {
+                return Err(self.protocol_error(
+                    reason::RECEIVE_MAX_EXCEEDED,
+                    "more unacknowledged publishes than the receive maximum [MQTT-3.3.4-9]",
+                ));
+            }
+        }
+        let limit = shared.config.message_size_limit;
+        let too_big = limit > 0 && publish.payload.len() > limit as usize;
+        let durable = shared.durable();
+        let mut ops = Vec::new();
+        let mut deliveries = Vec::new();
+        let mut matched = true;
+        let mut duplicate = false;
+        {
+            let mut state = self.broker.state();
+            let persistent = state
+                .sessions
+                .get(&self.client_id)
+                .is_some_and(Session::persistent);
+            if qos == Qos::ExactlyOnce {
+                let id = packet_id.expect("qos 2 has a packet id").get();
+                let session = state
+                    .sessions
+                    .get_mut(&self.client_id)
+                    .expect("attached session exists");
+                // A PUBLISH whose id is still waiting for PUBREL is a resend: answer
+                // PUBREC again, deliver nothing [MQTT-4.3.3-9].
+                if !session.incoming.insert(id) {
+                    duplicate = true;
+                } else if durable && persistent {
+                    ops.push(Op::Put {
+                        table: INCOMING,
+                        key: incoming_key(&self.client_id, id),
+                        value: Vec::new(),
+                    });
+                }
+            }
+            if !duplicate && !too_big {
+                publish.dup = false;
+                publish.packet_id = None;
+                let msg = Arc::new(Message {
+                    publish,
+                    received_ms: now_ms(),
+                    from: self.client_id.clone(),
+                });
+                if msg.publish.retain
+                    && let Some(op) = state.retain(&msg)
+                {
+                    ops.push(op);
+                }
+                let plan = state.route(&msg);
+                matched = plan.matched;
+                ops.extend(plan.ops);
+                deliveries = plan.deliveries;
+            }
+        }
+        if too_big {
+            tracing::debug!(client = %self.client_id, "publish over message_size_limit dropped");
+        }
+        let code = if too_big {
+            reason::QUOTA_EXCEEDED
+        } else if !matched && self.version == Version::V5 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        let reply = match (qos, packet_id) {
+            (Qos::AtLeastOnce, Some(id)) => vec![Packet::PubAck(id, code)],
+            (Qos::ExactlyOnce, Some(id)) => vec![Packet::PubRec(id, code)],
+            _ => Vec::new(),
+        };
+        let on_error = match (self.version, qos, packet_id) {
+            (Version::V5, Qos::AtLeastOnce, Some(id)) => {
+                Some(Packet::PubAck(id, reason::QUOTA_EXCEEDED))
+            }
+            (Version::V5, Qos::ExactlyOnce, Some(id)) => {
+                Some(Packet::PubRec(id, reason::QUOTA_EXCEEDED))
+            }
+            _ => None,
+        };
+        let after = After {
+            replies: reply,
+            deliveries,
+            on_error,
+            inbound_done: qos != Qos::AtMostOnce,
+        };
+        // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
+        let commit: Option<Commit> = if ops.is_empty() {
+            None
+        } else if qos == Qos::AtMostOnce {
+            shared.store.commit_lazy(ops);
+            None
+        } else {
+            let store = shared.store.clone();
+            Some(Box::pin(async move { store.commit(ops).await }))
+        };
+        self.push_pending(commit, after);
+        Ok(())
+    }
+
+    fn push_pending(&mut self, commit: Option<Commit>, after: After) {
+        self.pending.push_back(Box::pin(async move {
+            let result = match commit {
+                Some(commit) => commit.await,
+                None => Ok(()),
+            };
+            (result, after)
+        }));
+    }
+
+    /// A commit finished: write its replies and hand over its deliveries.
+    fn complete(&mut self, result: Result<(), StoreError>, after: After) -> Result<(), End> {
+        if after.inbound_done {
+            self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+        }
+        match result {
+            Ok(()) => {
+                for reply in after.replies {
+                    self.send(reply);
+                }
+                let wake = self.broker.state().apply(after.deliveries);
+                for notify in wake {
+                    notify.notify_one();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(client = %self.client_id, "store commit failed: {e}");
+                match after.on_error {
+                    Some(packet) => {
+                        self.send(packet);
+                        Ok(())
+                    }
+                    // No way to say it in v3: close, the client resends after reconnecting.
+                    None => Err(End::Abnormal(format!("store commit failed: {e}"))),
+                }
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, id: NonZeroU16) {
+        let durable = self.broker.shared.durable();
+        let ops = {
+            let mut state = self.broker.state();
+            let Some(session) = state.sessions.get_mut(&self.client_id) else {
+                return;
+            };
+            let known = session.incoming.remove(&id.get());
+            if known && durable && session.persistent() {
+                vec![Op::Delete {
+                    table: INCOMING,
+                    key: incoming_key(&self.client_id, id.get()),
+                }]
+            } else {
+                Vec::new()
+            }
+        };
+        // PUBCOMP once the id is forgotten on disk too; else a crash would make the
+        // client's next message with this id look like a resend.
+        let code = reason::SUCCESS;
+        let after = After {
+            replies: vec![Packet::PubComp(id, code)],
+            deliveries: Vec::new(),
+            on_error: None,
+            inbound_done: false,
+        };
+        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
+            let store = self.broker.shared.store.clone();
+            Box::pin(async move { store.commit(ops).await }) as Commit
+        });
+        self.push_pending(commit, after);
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client: the delivery is over.
+    fn on_ack(&mut self, id: NonZeroU16, qos: Qos) {
+        let durable = self.broker.shared.durable();
+        {
+            let mut state = self.broker.state();
+            let Some(session) = state.sessions.get_mut(&self.client_id) else {
+                return;
+            };
+            let Some(queued) = session.inflight.get(&id.get()) else {
+                return;
+            };
+            if queued.qos != qos || (qos == Qos::ExactlyOnce && !queued.released) {
+                return;
+            }
+            let queued = session.inflight.remove(&id.get()).expect("checked");
+            if durable && session.persistent() {
+                // Losing this delete in a crash only means one more redelivery.
+                self.broker.shared.store.commit_lazy(vec![Op::Delete {
+                    table: session::QUEUE,
+                    key: queue_key(&self.client_id, queued.seq),
+                }]);
+            }
+        }
+        self.pump();
+    }
+
+    fn on_pubrec(&mut self, id: NonZeroU16, code: u8) {
+        let durable = self.broker.shared.durable();
+        let release = {
+            let mut state = self.broker.state();
+            let Some(session) = state.sessions.get_mut(&self.client_id) else {
+                return;
+            };
+            let persistent = session.persistent();
+            let Some(queued) = session.inflight.get_mut(&id.get()) else {
+                // Unknown id: still release it so the client can free it.
+                drop(state);
+                self.send(Packet::PubRel(id, reason::PACKET_ID_NOT_FOUND));
+                return;
+            };
+            if code >= 0x80 {
+                // v5: the receiver refused it; the delivery ends here [MQTT-4.3.3-4].
+                let seq = queued.seq;
+                session.inflight.remove(&id.get());
+                if durable && persistent {
+                    self.broker.shared.store.commit_lazy(vec![Op::Delete {
+                        table: session::QUEUE,
+                        key: queue_key(&self.client_id, seq),
+                    }]);
+                }
+                false
+            } else {
+                queued.released = true;
+                if durable && persistent {
+                    self.broker.shared.store.commit_lazy(vec![Op::Put {
+                        table: session::QUEUE,
+                        key: queue_key(&self.client_id, queued.seq),
+                        value: encode_queued(queued),
+                    }]);
+                }
+                true
+            }
+        };
+        if release {
+            self.send(Packet::PubRel(id, 0));
+        } else {
+            self.pump();
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        packet_id: NonZeroU16,
+        subscription_id: Option<std::num::NonZeroU32>,
+        filters: Vec<(ByteString, super::codec::SubscriptionOptions)>,
+    ) -> Result<(), End> {
+        let durable = self.broker.shared.durable();
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut deliveries = Vec::new();
+        let mut ops = Vec::new();
+        {
+            let mut state = self.broker.state();
+            for (raw, options) in filters {
+                let filter = match topic::parse_filter(&raw) {
+                    Ok(filter) => filter,
+                    Err(why) => {
+                        tracing::debug!(client = %self.client_id, "subscribe refused: {why}");
+                        codes.push(if self.version == Version::V5 {
+                            reason::TOPIC_FILTER_INVALID
+                        } else {
+                            0x80
+                        });
+                        continue;
+                    }
+                };
+                if filter.share_group.is_some() && options.no_local {
+                    drop(state);
+                    return Err(self.protocol_error(
+                        reason::PROTOCOL_ERROR,
+                        "no local on a shared subscription [MQTT-3.8.3-4]",
+                    ));
+                }
+                let new = state.subscribe(
+                    &self.client_id,
+                    raw.clone(),
+                    Subscription {
+                        filter: filter.clone(),
+                        options,
+                        id: subscription_id,
+                    },
+                );
+                codes.push(options.qos as u8);
+                // Retained messages: at subscribe (0), only when new (1), never (2)
+                // [MQTT-3.3.1-9..11].
+                let send_retained = match options.retain_handling {
+                    0 => true,
+                    1 => new,
+                    _ => false,
+                };
+                if send_retained {
+                    for msg in state.retained_for(&filter) {
+                        let seq = state.next_seq;
+                        state.next_seq += 1;
+                        deliveries.push((
+                            self.client_id.clone(),
+                            Queued {
+                                seq,
+                                qos: msg.publish.qos.min(options.qos),
+                                retain: true,
+                                subscription_ids: subscription_id.into_iter().collect(),
+                                share: None,
+                                packet_id: None,
+                                released: false,
+                                msg,
+                            },
+                        ));
+                    }
+                }
+            }
+            if durable
+                && let Some(session) = state.sessions.get(&self.client_id)
+                && session.persistent()
+            {
+                ops.push(session.record_op());
+            }
+        }
+        self.broker.shared.stats.subscriptions_changed();
+        let after = After {
+            replies: vec![Packet::SubAck(packet_id, codes)],
+            deliveries,
+            on_error: None,
+            inbound_done: false,
+        };
+        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
+            let store = self.broker.shared.store.clone();
+            Box::pin(async move { store.commit(ops).await }) as Commit
+        });
+        self.push_pending(commit, after);
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<ByteString>) {
+        let durable = self.broker.shared.durable();
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut ops = Vec::new();
+        {
+            let mut state = self.broker.state();
+            for raw in filters {
+                codes.push(if state.unsubscribe(&self.client_id, &raw) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                });
+            }
+            if durable
+                && let Some(session) = state.sessions.get(&self.client_id)
+                && session.persistent()
+            {
+                ops.push(session.record_op());
+            }
+        }
+        let after = After {
+            replies: vec![Packet::UnsubAck(packet_id, codes)],
+            deliveries: Vec::new(),
+            on_error: None,
+            inbound_done: false,
+        };
+        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
+            let store = self.broker.shared.store.clone();
+            Box::pin(async move { store.commit(ops).await }) as Commit
+        });
+        self.push_pending(commit, after);
+    }
+
+    /// The PUBLISH for one delivery, with v5 extras (expiry left, subscription ids,
+    /// an outbound topic alias).
+    fn outgoing_publish(
+        &mut self,
+        queued: &Queued,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+    ) -> Publish {
+        let mut publish = queued.msg.publish.clone();
+        publish.qos = queued.qos;
+        publish.retain = queued.retain;
+        publish.dup = dup;
+        publish.packet_id = packet_id;
+        if self.version == Version::V5 {
+            publish.subscription_ids = queued.subscription_ids.clone();
+            if let Some(left) = queued.msg.expiry_left(now_ms()) {
+                publish.properties.message_expiry = Some(left.max(1));
+            }
+            if self.client_alias_max > 0 {
+                if let Some(alias) = self.outbound_aliases.get(&publish.topic) {
+                    publish.topic_alias = Some(*alias);
+                    publish.topic = ByteString::new();
+                } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
+                    let alias = NonZeroU16::new(self.outbound_aliases.len() as u16 + 1)
+                        .expect("starts at 1");
+                    self.outbound_aliases.insert(publish.topic.clone(), alias);
+                    publish.topic_alias = Some(alias);
+                }
+            }
+        } else {
+            publish.properties = Default::default();
+        }
+        publish
+    }
+
+    /// Moves queued messages into flight while the window has room, and writes them.
+    fn pump(&mut self) {
+        let durable = self.broker.shared.durable();
+        let now = now_ms();
+        let mut sends = Vec::new();
+        let mut durable_ops = Vec::new();
+        {
+            let mut state = self.broker.state();
+            let Some(session) = state.sessions.get_mut(&self.client_id) else {
+                return;
+            };
+            let persistent = session.persistent();
+            while let Some(front) = session.queue.front() {
+                if front.qos != Qos::AtMostOnce && session.inflight.len() >= self.window {
+                    break;
+                }
+                let mut queued = session.queue.pop_front().expect("front exists");
+                if queued.msg.expiry_left(now) == Some(0) {
+                    // Expired while queued [MQTT-3.3.2-5].
+                    if durable && persistent && queued.qos != Qos::AtMostOnce {
+                        durable_ops.push(Op::Delete {
+                            table: session::QUEUE,
+                            key: queue_key(&self.client_id, queued.seq),
+                        });
+                    }
+                    continue;
+                }
+                if queued.qos == Qos::AtMostOnce {
+                    sends.push((queued, None));
+                    continue;
+                }
+                let Some(id) = session.next_packet_id() else {
+                    session.queue.push_front(queued);
+                    break;
+                };
+                queued.packet_id = Some(id);
+                if durable && persistent && queued.qos == Qos::ExactlyOnce {
+                    // The packet id of a QoS 2 delivery is on disk before the PUBLISH
+                    // leaves, so a restart resends it with the same id and the client
+                    // can recognise the duplicate.
+                    durable_ops.push(Op::Put {
+                        table: session::QUEUE,
+                        key: queue_key(&self.client_id, queued.seq),
+                        value: encode_queued(&queued),
+                    });
+                }
+                session.inflight.insert(id.get(), queued.clone());
+                sends.push((queued, Some(id)));
+            }
+        }
+        if sends.is_empty() && durable_ops.is_empty() {
+            return;
+        }
+        let mut packets = Vec::with_capacity(sends.len());
+        for (queued, id) in &sends {
+            let publish = self.outgoing_publish(queued, *id, false);
+            self.broker.shared.stats.sent(publish.payload.len());
+            packets.push(Packet::Publish(Box::new(publish)));
+        }
+        let needs_wait = sends
+            .iter()
+            .any(|(q, _)| q.qos == Qos::ExactlyOnce && durable);
+        if needs_wait {
+            let store = self.broker.shared.store.clone();
+            let commit: Commit = Box::pin(async move { store.commit(durable_ops).await });
+            self.push_pending(
+                Some(commit),
+                After {
+                    replies: packets,
+                    deliveries: Vec::new(),
+                    on_error: None,
+                    inbound_done: false,
+                },
+            );
+        } else {
+            if !durable_ops.is_empty() {
+                self.broker.shared.store.commit_lazy(durable_ops);
+            }
+            for packet in packets {
+                self.send(packet);
+            }
+        }
+    }
+
+    /// The connection ended: will, shared-subscription hand-over, session expiry.
+    async fn finish(mut self, end: End) {
+        // Answer what is already durable before going.
+        while let Some((result, after)) = self.pending.next().await {
+            if self.complete(result, after).is_err() {
+                break;
+            }
+        }
+        let _ = self.flush().await;
+        if self.client_id.is_empty() {
+            return;
+        }
+        let (send_will, why) = match &end {
+            End::Normal { send_will } => (*send_will, "disconnected".to_string()),
+            End::Abnormal(why) => (true, why.clone()),
+        };
+        tracing::info!(client = %self.client_id, peer = %self.peer, reason = %why, "client disconnected");
+        let broker = self.broker.clone();
+        let mut expiry = None;
+        let mut reroute = None;
+        let mut generation = 0;
+        {
+            let mut state = broker.state();
+            if let Some(session) = state.sessions.get_mut(&self.client_id)
+                && session
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.id == self.conn_id)
+            {
+                session.attached = None;
+                session.generation += 1;
+                generation = session.generation;
+                expiry = Some(session.expiry);
+                let taken = state.take_shared(&self.client_id);
+                if !taken.is_empty() {
+                    reroute = Some(state.reroute_shared(&self.client_id, taken));
+                }
+                if expiry == Some(0) {
+                    state.remove_session(&self.client_id);
+                }
+            }
+        }
+        if let Some(plan) = reroute {
+            let _ = broker.shared.store.commit(plan.ops).await;
+            for notify in broker.state().apply(plan.deliveries) {
+                notify.notify_one();
+            }
+        }
+        if send_will && let Some(will) = self.will.take() {
+            broker.send_will(
+                self.client_id.clone(),
+                will,
+                generation,
+                expiry.unwrap_or(0),
+            );
+        }
+        if let Some(expiry) = expiry
+            && expiry > 0
+            && expiry != u32::MAX
+        {
+            broker.expire_later(self.client_id.clone(), generation, expiry);
+        }
+        broker.shared.stats.disconnected();
+    }
+}
+
+/// A per-connection pseudo-random id for assigned client ids (no global RNG state).
+fn rand_id(conn_id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(conn_id);
+    hasher.write_u64(now_ms());
+    hasher.finish()
+}

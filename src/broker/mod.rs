@@ -1,0 +1,488 @@
+//! The built-in MQTT broker (3.1, 3.1.1 and 5.0 on one listener).
+//!
+//! Layers, outside in: `listener` (accept loop, connection limit) -> `connection` (one
+//! task per client: packets in, acknowledgements and deliveries out) -> `state`
+//! (sessions, subscription tree, retained messages under one lock) -> `codec` (the
+//! boundary to the wire) and the durable `store`. The codec knows nothing about
+//! sessions; the state knows nothing about sockets.
+
+pub mod codec;
+pub mod config;
+mod connection;
+pub mod session;
+pub mod state;
+mod sys;
+pub mod topic;
+
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{BrokerConfig, ListenerConfig, Persistence};
+
+use codec::{Publish, Will};
+use session::{
+    INCOMING, QUEUE, RETAINED, SESSIONS, Session, SessionRecord, Subscription, decode_queued,
+    decode_retained,
+};
+use state::State;
+
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The store could not be opened or read.
+    #[error("broker store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// host:port
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counters for `$SYS` and the logs.
+#[derive(Default)]
+pub struct Stats {
+    connected: AtomicUsize,
+    connects_total: AtomicU64,
+    messages_received: AtomicU64,
+    messages_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    subscription_changes: AtomicU64,
+}
+
+impl Stats {
+    fn clients_total_connects(&self) {
+        self.connects_total.fetch_add(1, Ordering::Relaxed);
+    }
+    fn disconnected(&self) {}
+    fn received(&self, bytes: usize) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    fn sent(&self, bytes: usize) {
+        self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    fn subscriptions_changed(&self) {
+        self.subscription_changes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What every connection shares.
+pub struct Shared {
+    state: Mutex<State>,
+    /// The durable store (in memory with `persistence: memory`).
+    pub store: Store,
+    /// Settings.
+    pub config: BrokerConfig,
+    /// Counters.
+    pub stats: Stats,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    tracker: TaskTracker,
+    next_connection: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Shared {
+    fn durable(&self) -> bool {
+        self.config.persistence == Persistence::Durable
+    }
+
+    fn connections(&self) -> usize {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// A handle to the running broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Opens the store under `data_dir` (or memory), and restores sessions,
+    /// subscriptions, queued and inflight messages, QoS 2 state and retained messages.
+    pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Broker, BrokerError> {
+        let path = match config.persistence {
+            Persistence::Durable => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    StoreError::Database(format!("cannot create {}: {e}", data_dir.display()))
+                })?;
+                Some(data_dir.join("broker.redb"))
+            }
+            Persistence::Memory => None,
+        };
+        let store = Store::open(StoreOptions {
+            path,
+            ..StoreOptions::default()
+        })?;
+        let mut state = State::new(
+            config.max_queued_messages,
+            config.persistence == Persistence::Durable,
+        );
+        recover(&store, &mut state)?;
+        let broker = Broker {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                store,
+                config,
+                stats: Stats::default(),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                next_connection: AtomicU64::new(1),
+                started: std::time::Instant::now(),
+            }),
+        };
+        // Sessions restored from disk start their expiry clock now.
+        let expiring: Vec<(ByteString, u64, u32)> = broker
+            .state()
+            .sessions
+            .values()
+            .filter(|s| s.expiry != u32::MAX)
+            .map(|s| (s.client_id.clone(), s.generation, s.expiry))
+            .collect();
+        for (client, generation, expiry) in expiring {
+            broker.expire_later(client, generation, expiry);
+        }
+        Ok(broker)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves state that is still consistent per
+        // operation (each method finishes its change before returning).
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Binds every configured listener; returns their addresses (port 0 resolved).
+    pub async fn bind(&self) -> Result<Vec<TcpListener>, BrokerError> {
+        let mut listeners = Vec::new();
+        for listener in &self.shared.config.listeners {
+            let address = format!("{}:{}", listener.host, listener.port);
+            let bound = TcpListener::bind(&address)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    address: address.clone(),
+                    source,
+                })?;
+            listeners.push(bound);
+        }
+        Ok(listeners)
+    }
+
+    /// Starts serving `listeners` and `$SYS`; returns at once.
+    pub fn start(&self, listeners: Vec<TcpListener>) {
+        for listener in listeners {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "broker listening");
+            }
+            let broker = self.clone();
+            self.shared
+                .tracker
+                .spawn(async move { broker.accept_loop(listener).await });
+        }
+        if self.shared.config.sys_interval > 0 {
+            let broker = self.clone();
+            self.shared.tracker.spawn(sys::run(broker));
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let broker = self.clone();
+                    broker
+                        .shared
+                        .stats
+                        .connected
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.tracker.spawn(async move {
+                        let shared = broker.shared.clone();
+                        // A panic in one connection ends that connection only.
+                        let task = tokio::spawn(connection::serve(broker, stream, peer));
+                        if let Err(e) = task.await
+                            && e.is_panic()
+                        {
+                            tracing::error!(%peer, "connection task panicked");
+                        }
+                        shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes a message from the broker itself (`$SYS`, wills): routed like a
+    /// client's, and durable for persistent subscribers before this returns.
+    pub async fn publish(&self, publish: Publish, from: ByteString) {
+        let msg = Arc::new(session::Message {
+            publish,
+            received_ms: now_ms(),
+            from,
+        });
+        let (ops, deliveries) = {
+            let mut state = self.state();
+            let mut ops = Vec::new();
+            if msg.publish.retain
+                && let Some(op) = state.retain(&msg)
+            {
+                ops.push(op);
+            }
+            let plan = state.route(&msg);
+            ops.extend(plan.ops);
+            (ops, plan.deliveries)
+        };
+        if !ops.is_empty()
+            && let Err(e) = self.shared.store.commit(ops).await
+        {
+            tracing::warn!(topic = %msg.publish.topic, "message could not be stored: {e}");
+        }
+        for wake in self.state().apply(deliveries) {
+            wake.notify_one();
+        }
+    }
+
+    /// Sends `will` now, or after its v5 delay unless the session came back
+    /// [MQTT-3.1.3-9]. The delay ends early when the session expires.
+    fn send_will(&self, client: ByteString, will: Will, generation: u64, expiry: u32) {
+        let publish = Publish {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            dup: false,
+            packet_id: None,
+            topic_alias: None,
+            subscription_ids: Vec::new(),
+            properties: will.properties,
+        };
+        let broker = self.clone();
+        let delay = will.delay.min(expiry);
+        self.shared.tracker.spawn(async move {
+            if delay > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                    _ = broker.shared.shutdown.cancelled() => return,
+                }
+                let resumed = broker
+                    .state()
+                    .sessions
+                    .get(&client)
+                    .is_some_and(|s| s.generation != generation);
+                if resumed {
+                    return;
+                }
+            }
+            tracing::debug!(client = %client, topic = %publish.topic, "publishing will");
+            broker.publish(publish, client).await;
+        });
+    }
+
+    /// Ends the session of `client` after `expiry` seconds unless it reconnected.
+    fn expire_later(&self, client: ByteString, generation: u64, expiry: u32) {
+        let broker = self.clone();
+        self.shared.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
+                _ = broker.shared.shutdown.cancelled() => return,
+            }
+            let expired = {
+                let mut state = broker.state();
+                let same = state
+                    .sessions
+                    .get(&client)
+                    .is_some_and(|s| s.generation == generation && s.attached.is_none());
+                if same {
+                    state.remove_session(&client);
+                }
+                same
+            };
+            if expired {
+                tracing::info!(client = %client, "session expired");
+                if broker.shared.durable() {
+                    let _ = broker
+                        .shared
+                        .store
+                        .commit(Session::erase_ops(&client))
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// Stops accepting, closes every connection (v5 clients get 0x8B), and flushes the
+    /// store.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        let attached: Vec<session::Attached> = self
+            .state()
+            .sessions
+            .values()
+            .filter_map(|s| s.attached.clone())
+            .collect();
+        for attached in attached {
+            attached
+                .kick_reason
+                .store(codec::reason::SERVER_SHUTTING_DOWN, Ordering::Relaxed);
+            attached.kick.cancel();
+        }
+        self.shared.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("broker connections did not close within 5 s");
+        }
+        if let Err(e) = self.shared.store.close().await {
+            tracing::warn!("broker store did not close cleanly: {e}");
+        }
+        tracing::info!("broker stopped");
+    }
+
+    /// Number of sessions, subscriptions and retained messages (for tests and `$SYS`).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let state = self.state();
+        (state.sessions.len(), state.tree.len(), state.retained.len())
+    }
+}
+
+/// Restores the broker's state from the store.
+fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
+    for (key, value) in store.scan(SESSIONS, b"")? {
+        let Ok(client_id) = String::from_utf8(key) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<SessionRecord>(&value) else {
+            tracing::warn!(client = %client_id, "unreadable session record skipped");
+            continue;
+        };
+        let version = match record.version {
+            3 => codec::Version::V31,
+            5 => codec::Version::V5,
+            _ => codec::Version::V311,
+        };
+        let client_id = ByteString::from(client_id);
+        state.sessions.insert(
+            client_id.clone(),
+            Session::new(client_id.clone(), record.expiry, version),
+        );
+        for sub in record.subscriptions {
+            let raw = ByteString::from(sub.filter);
+            let Ok(filter) = topic::parse_filter(&raw) else {
+                continue;
+            };
+            state.subscribe(
+                &client_id,
+                raw,
+                Subscription {
+                    filter,
+                    options: codec::SubscriptionOptions {
+                        qos: codec::Qos::from_u8(sub.qos).unwrap_or(codec::Qos::AtMostOnce),
+                        no_local: sub.no_local,
+                        retain_as_published: sub.retain_as_published,
+                        retain_handling: sub.retain_handling,
+                    },
+                    id: sub.id.and_then(std::num::NonZeroU32::new),
+                },
+            );
+        }
+    }
+    let mut queued_count = 0;
+    for (key, value) in store.scan(QUEUE, b"")? {
+        let Some(split) = key.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        let Ok(client) = std::str::from_utf8(&key[..split]) else {
+            continue;
+        };
+        let Some(seq) = key
+            .get(split + 1..)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            continue;
+        };
+        state.next_seq = state.next_seq.max(seq + 1);
+        let Some(session) = state.sessions.get_mut(client) else {
+            continue;
+        };
+        let Some(queued) = decode_queued(seq, &value) else {
+            continue;
+        };
+        queued_count += 1;
+        match queued.packet_id {
+            Some(id) if !session.inflight.contains_key(&id.get()) => {
+                session.last_packet_id = session.last_packet_id.max(id.get());
+                session.inflight.insert(id.get(), queued);
+            }
+            _ => session.queue.push_back(queued),
+        }
+    }
+    for (key, _) in store.scan(INCOMING, b"")? {
+        let Some(split) = key.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        let (Ok(client), Some(id)) = (
+            std::str::from_utf8(&key[..split]),
+            key.get(split + 1..)
+                .and_then(|s| s.try_into().ok())
+                .map(u16::from_be_bytes)
+                .and_then(NonZeroU16::new),
+        ) else {
+            continue;
+        };
+        if let Some(session) = state.sessions.get_mut(client) {
+            session.incoming.insert(id.get());
+        }
+    }
+    for (key, value) in store.scan(RETAINED, b"")? {
+        if let (Ok(topic), Some(msg)) = (String::from_utf8(key), decode_retained(&value)) {
+            state.retained.insert(topic.into(), Arc::new(msg));
+        }
+    }
+    if !state.sessions.is_empty() || !state.retained.is_empty() {
+        tracing::info!(
+            sessions = state.sessions.len(),
+            queued = queued_count,
+            retained = state.retained.len(),
+            "broker state restored"
+        );
+    }
+    Ok(())
+}

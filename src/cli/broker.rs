@@ -1,0 +1,93 @@
+//! `headwater broker`: the built-in MQTT broker alone, and the broker start-up that
+//! `run` shares.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::broker::{Broker, BrokerConfig, ListenerConfig, Persistence};
+
+/// Options of `headwater broker` (and the broker flags of `run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Address to listen on, host:port (repeat for several; port 0 picks a free one)
+    /// [default: the settings file's listeners, else 127.0.0.1:1883]
+    #[arg(long = "listen", value_name = "HOST:PORT")]
+    pub listen: Vec<String>,
+    /// Keep nothing on disk (default: durable, under the data directory)
+    #[arg(long)]
+    pub memory: bool,
+}
+
+impl BrokerArgs {
+    /// `config` with these flags applied.
+    pub fn apply(&self, mut config: BrokerConfig) -> anyhow::Result<BrokerConfig> {
+        if !self.listen.is_empty() {
+            config.listeners = self
+                .listen
+                .iter()
+                .map(|address| {
+                    let (host, port) = address
+                        .rsplit_once(':')
+                        .with_context(|| format!("`{address}`: write HOST:PORT"))?;
+                    let port = port
+                        .parse()
+                        .with_context(|| format!("`{address}`: the port is not a number"))?;
+                    Ok(ListenerConfig {
+                        host: host.trim_matches(['[', ']']).to_string(),
+                        port,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if self.memory {
+            config.persistence = Persistence::Memory;
+        }
+        Ok(config)
+    }
+}
+
+/// Opens the broker's store under `data_dir/broker`, binds its listeners and starts it.
+pub async fn start(config: BrokerConfig, data_dir: &Path) -> anyhow::Result<Broker> {
+    raise_open_file_limit();
+    let broker = Broker::open(config, &data_dir.join("broker"))?;
+    let listeners = broker.bind().await?;
+    broker.start(listeners);
+    Ok(broker)
+}
+
+/// Runs the broker alone until SIGINT or SIGTERM.
+pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = args.apply(BrokerConfig::default())?;
+    let data_dir = super::data_dir(data_dir, None);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("headwater")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let broker = start(config, &data_dir).await?;
+        let reason = super::run::shutdown_signal().await?;
+        tracing::info!("shutting down: {reason}");
+        broker.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A broker holds one descriptor per client: lift the soft limit to the hard one, as
+/// DESIGN.md asks (Mosquitto leaves this to systemd's LimitNOFILE).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
