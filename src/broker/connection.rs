@@ -734,23 +734,36 @@ impl Connection {
                         key: queue_key(&self.client_id, seq),
                     }]);
                 }
-                false
+                None
             } else {
                 queued.released = true;
-                if durable && persistent {
-                    self.broker.shared.store.commit_lazy(vec![Op::Put {
-                        table: session::QUEUE,
-                        key: queue_key(&self.client_id, queued.seq),
-                        value: encode_queued(queued),
-                    }]);
-                }
-                true
+                // Durable before PUBREL: after a crash the broker must resend PUBREL,
+                // not the PUBLISH, or a client that already completed it would get
+                // the message twice.
+                Some((durable && persistent).then(|| Op::Put {
+                    table: session::QUEUE,
+                    key: queue_key(&self.client_id, queued.seq),
+                    value: encode_queued(queued),
+                }))
             }
         };
-        if release {
-            self.send(Packet::PubRel(id, 0));
-        } else {
-            self.pump();
+        match release {
+            None => self.pump(),
+            Some(op) => {
+                let commit: Option<Commit> = op.map(|op| {
+                    let store = self.broker.shared.store.clone();
+                    Box::pin(async move { store.commit(vec![op]).await }) as Commit
+                });
+                self.push_pending(
+                    commit,
+                    After {
+                        replies: vec![Packet::PubRel(id, 0)],
+                        deliveries: Vec::new(),
+                        on_error: None,
+                        inbound_done: false,
+                    },
+                );
+            }
         }
     }
 

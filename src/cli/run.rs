@@ -55,9 +55,17 @@ pub fn run(
                 ..EngineOptions::default()
             },
         );
+        // With the broker running the process serves clients even when no flow node is
+        // left (a settings file with `flows: {}`), until a signal.
+        let flows_done = async {
+            engine.finished().await;
+            if broker.is_some() {
+                std::future::pending::<()>().await;
+            }
+        };
         let reason = tokio::select! {
             signal = shutdown_signal() => signal?,
-            () = engine.finished() => "every node finished",
+            () = flows_done => "every node finished",
         };
         tracing::info!("shutting down: {reason}");
         let report = engine.shutdown().await;
