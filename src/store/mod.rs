@@ -1,73 +1,89 @@
 //! The durable store: one redb database shared by the broker (sessions, queues, QoS 2
-//! state, retained messages) and later flow state, with group commit.
+//! state, retained messages) and later flow state, written by one thread with group
+//! commit.
 //!
-//! One writer thread owns every write transaction. Callers send batches of operations
-//! with an optional completion; the writer takes the first request, drains whatever else
-//! is already waiting (up to `max_batch_ops`), applies all of it in one transaction and
-//! commits once. While one fsync runs, the next batch gathers in the channel, so under
-//! load many acknowledgements share one fsync and when idle a commit waits for nobody
-//! (no timer adds latency). Readers use redb read transactions and never wait for the
-//! writer.
+//! Invariants:
+//! - Only the writer thread (`writer.rs`) opens write transactions; callers hand it
+//!   operations over a channel and never touch redb's writer themselves.
+//! - [`Store::commit`] returns only after its operations are fsynced (or failed), and the
+//!   operations of one call are applied atomically, in the order calls were submitted.
+//! - Readers ([`Store::get`], [`Store::scan`]) use redb read transactions (MVCC
+//!   snapshots): they never wait for the writer and never see half a batch.
+//! - Nothing here is global: every [`Store`] is its own database and writer thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
-/// Names a table; each subsystem declares its own constants.
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use writer::{Request, Writer};
+
+/// Names a table; each subsystem declares its own constants, e.g.
+/// `pub const SESSIONS: Table = Table("broker.sessions");`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Table(pub &'static str);
 
 impl Table {
+    /// Every table maps bytes to bytes: callers own their encodings, so the file format
+    /// does not change when a subsystem changes its value types.
     fn definition(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
         TableDefinition::new(self.0)
     }
 }
 
-/// A stored `(key, value)`.
+/// A stored `(key, value)` pair.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
-/// One change.
-#[derive(Clone, Debug)]
+/// One change, applied by the writer thread inside a write transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Sets `key` to `value`.
+    /// Sets `key` to `value`, replacing any previous value.
     Put {
-        /// Table.
+        /// The table written; created on first use.
         table: Table,
-        /// Key.
+        /// The key.
         key: Vec<u8>,
-        /// Value.
+        /// The new value.
         value: Vec<u8>,
     },
-    /// Removes `key`.
+    /// Removes `key`; removing a missing key is not an error.
     Delete {
-        /// Table.
+        /// The table written.
         table: Table,
-        /// Key.
+        /// The key.
         key: Vec<u8>,
     },
-    /// Removes every key starting with `prefix`.
+    /// Deletes every key starting with `prefix`.
     DeletePrefix {
-        /// Table.
+        /// The table written.
         table: Table,
-        /// Prefix.
+        /// Keys starting with these bytes are removed; an empty prefix empties the table.
         prefix: Vec<u8>,
     },
 }
 
-/// How to open the store.
+/// How to open a [`Store`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// The database file; `None` keeps everything in memory (`persistence: memory`).
+    /// The database file; `None` keeps everything in memory (redb's in-memory backend),
+    /// for `persistence: memory`. Missing parent directories are created.
     pub path: Option<PathBuf>,
-    /// redb's cache (a Pi Zero 2 W has 512 MB).
+    /// redb's page cache in bytes, default 16 MiB (a Pi Zero 2 W has 512 MB).
     pub cache_bytes: usize,
-    /// Most operations in one group commit.
+    /// Most operations in one group commit (default 4096). One call is never split, so a
+    /// single larger call still commits as one transaction.
     pub max_batch_ops: usize,
-    /// File size beyond which Puts are refused with [`StoreError::QuotaExceeded`].
+    /// Database file size beyond which Puts are refused with
+    /// [`StoreError::QuotaExceeded`] (Deletes still work). `None` = no quota. Ignored in
+    /// memory mode, which has no file.
     pub quota_bytes: Option<u64>,
 }
 
@@ -85,34 +101,38 @@ impl Default for StoreOptions {
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// redb or the file system failed.
-    #[error("database error: {0}")]
+    /// redb or the file system failed; the message names the cause.
+    #[error("store database error: {0}")]
     Database(String),
-    /// The store is over its quota; nothing new is accepted (MQTT reason 0x97).
-    #[error("store quota exceeded")]
+    /// The database file is over its quota, so nothing new is accepted (MQTT reason code
+    /// 0x97); deleting data still works.
+    #[error("store quota exceeded: delete data or raise the store quota")]
     QuotaExceeded,
-    /// The store was closed.
+    /// The store was closed, or its writer thread is gone.
     #[error("store is closed")]
     Closed,
 }
 
+/// Wraps any redb or io error; redb has one error type per call, and callers only need
+/// the message (the broker logs it and answers "unspecified error").
 fn db_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-/// Counters.
+/// Counters since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Commit requests (durable and lazy).
+    /// Commit calls, durable and lazy (including refused ones).
     pub requests: u64,
-    /// Write transactions committed.
+    /// Write transactions committed (one per group commit).
     pub transactions: u64,
-    /// Operations applied.
+    /// Operations applied by committed transactions.
     pub ops: u64,
-    /// Transactions committed with an fsync.
+    /// Transactions committed with an fsync (`Durability::Immediate`).
     pub fsyncs: u64,
 }
 
+/// Shared between the handles and the writer thread.
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
@@ -121,43 +141,79 @@ struct Counters {
     fsyncs: AtomicU64,
 }
 
-enum Request {
-    Commit {
-        ops: Vec<Op>,
-        /// `None` for a lazy commit.
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
-    },
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
-
+/// What every clone of a [`Store`] shares.
+///
+/// Field order matters: fields drop in declaration order, so `sender` is gone (which ends
+/// the writer's loop after a final flush) before `_writer` joins the thread.
 struct Inner {
+    /// Requests to the writer thread. Unbounded on purpose: a durable caller waits for its
+    /// own completion, so the queue is bounded by the callers' own in-flight limits (the
+    /// broker's receive maximum per connection), and a lazy caller must never block.
+    sender: mpsc::Sender<Request>,
+    /// Read transactions are opened here, beside the writer, never through it.
     db: Arc<Database>,
-    sender: Mutex<Option<mpsc::Sender<Request>>>,
     counters: Arc<Counters>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held only for its `Drop`, which joins the writer thread.
+    _writer: JoinOnDrop,
 }
 
-impl Drop for Inner {
+/// Joins the writer thread when the last handle goes, so the final flush has happened
+/// once the last `Store` is dropped. It cannot hang: the sender is already dropped, so
+/// the writer ends after at most the batch it is writing and one flush.
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
     fn drop(&mut self) {
-        // Dropping the sender ends the writer loop after it flushes what it has.
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = writer.join();
+        if let Some(thread) = self.0.take() {
+            // A writer that panicked has already failed its waiters (their completions
+            // were dropped); re-raising here would turn a failed store into an abort.
+            if thread.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
         }
     }
 }
 
-/// The store; cheap to clone.
+/// The store; cheap to clone, every clone is the same database.
 #[derive(Clone)]
-pub struct Store(Arc<Inner>);
+pub struct Store {
+    inner: Arc<Inner>,
+}
 
 impl Store {
     /// Opens (creating if needed) and starts the writer thread.
     pub fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        Store::start(options, None)
+    }
+
+    /// Opens a store whose writer waits until the returned `Hold` is dropped before it
+    /// takes its first batch, so a test can queue requests and know they share one batch;
+    /// the receiver reports every transaction. `lazy_flush` replaces the one-second
+    /// interval of lazy commits.
+    #[cfg(test)]
+    pub(crate) fn open_held(
+        options: StoreOptions,
+        lazy_flush: std::time::Duration,
+    ) -> Result<(Store, writer::Hold, mpsc::Receiver<writer::BatchEvent>), StoreError> {
+        let (hold, probe, events) = writer::Probe::new(lazy_flush);
+        let store = Store::start(options, Some(probe))?;
+        Ok((store, hold, events))
+    }
+
+    fn start(options: StoreOptions, probe: Option<writer::Probe>) -> Result<Store, StoreError> {
         let mut builder = Database::builder();
         builder.set_cache_size(options.cache_bytes);
         let db = match &options.path {
-            Some(path) => builder.create(path).map_err(db_error)?,
+            Some(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Database(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                builder
+                    .create(path)
+                    .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?
+            }
             None => builder
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(db_error)?,
@@ -165,78 +221,86 @@ impl Store {
         let db = Arc::new(db);
         let (sender, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let writer = Writer {
-            db: db.clone(),
-            receiver,
-            counters: counters.clone(),
-            max_batch_ops: options.max_batch_ops.max(1),
-            path: options.path.clone(),
-            quota: options.quota_bytes,
-            over_quota: false,
-        };
-        let handle = std::thread::Builder::new()
+        let writer = Writer::new(db.clone(), receiver, counters.clone(), &options, probe);
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
-            .map_err(db_error)?;
-        Ok(Store(Arc::new(Inner {
-            db,
-            sender: Mutex::new(Some(sender)),
-            counters,
-            writer: Mutex::new(Some(handle)),
-        })))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                sender,
+                db,
+                counters,
+                _writer: JoinOnDrop(Some(thread)),
+            }),
+        })
     }
 
     fn submit(&self, request: Request) -> Result<(), StoreError> {
-        let sender = self.0.sender.lock().unwrap_or_else(|p| p.into_inner());
-        match sender.as_ref() {
-            Some(sender) => sender.send(request).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
-        }
+        self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        // The send fails only once the writer has ended (closed, or panicked).
+        self.inner
+            .sender
+            .send(request)
+            .map_err(|_| StoreError::Closed)
     }
 
-    /// Applies `ops` atomically; returns once they are durable on disk. Concurrent
-    /// callers share one fsync (group commit).
+    /// Applies `ops` atomically; returns once they are durable on disk (fsynced). Many
+    /// concurrent callers share one fsync (group commit).
+    ///
+    /// The request is queued when the future is first polled; dropping the future after
+    /// that does not withdraw it. An empty `ops` is a barrier: it returns once everything
+    /// submitted before it, lazy commits included, is durable.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.0.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.submit(Request::Commit {
             ops,
             done: Some(done),
         })?;
+        // The writer completes every waiter; a dropped completion means it ended first.
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Applies `ops` in the next batch without waiting or forcing an fsync; they are
-    /// durable within about a second. Order with other commits of the caller is kept.
+    /// Applies `ops` in the next batch without waiting and without forcing an fsync; they
+    /// become durable within about one second (QoS 0 retained messages, counters). Order
+    /// relative to other commits from the same caller is kept. A failure (quota, database)
+    /// is logged, since nobody waits for it.
     pub fn commit_lazy(&self, ops: Vec<Op>) {
-        self.0.counters.requests.fetch_add(1, Ordering::Relaxed);
         if self.submit(Request::Commit { ops, done: None }).is_err() {
             tracing::debug!("lazy store commit after close dropped");
         }
     }
 
-    /// Every `(key, value)` of `table` whose key starts with `prefix`, in key order.
+    /// Every `(key, value)` in `table` whose key starts with `prefix`, in key order (a read
+    /// transaction; never blocks the writer). A table never written reads as empty.
     pub fn scan(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        let read = self.0.db.begin_read().map_err(db_error)?;
+        let read = self.inner.db.begin_read().map_err(db_error)?;
         let table = match read.open_table(table.definition()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(db_error(e)),
         };
+        let end = prefix_end(prefix);
+        let range = table
+            .range::<&[u8]>((
+                std::ops::Bound::Included(prefix),
+                match &end {
+                    Some(end) => std::ops::Bound::Excluded(end.as_slice()),
+                    None => std::ops::Bound::Unbounded,
+                },
+            ))
+            .map_err(db_error)?;
         let mut out = Vec::new();
-        for entry in table.range::<&[u8]>(prefix..).map_err(db_error)? {
+        for entry in range {
             let (key, value) = entry.map_err(db_error)?;
-            if !key.value().starts_with(prefix) {
-                break;
-            }
             out.push((key.value().to_vec(), value.value().to_vec()));
         }
         Ok(out)
     }
 
-    /// One value.
+    /// The value of `key` in `table`, if any (a read transaction; never blocks the writer).
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.0.db.begin_read().map_err(db_error)?;
+        let read = self.inner.db.begin_read().map_err(db_error)?;
         let table = match read.open_table(table.definition()) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -248,291 +312,40 @@ impl Store {
             .map(|value| value.value().to_vec()))
     }
 
-    /// Flushes lazy operations durably and stops the writer. Later commits fail with
-    /// [`StoreError::Closed`].
+    /// Flushes lazy operations durably and stops the writer thread. Later commits fail
+    /// with [`StoreError::Closed`]; reads keep working until the last handle is dropped.
+    /// Closing twice is not an error.
     pub async fn close(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        if self.submit(Request::Close(done)).is_err() {
+        if self.inner.sender.send(Request::Close(done)).is_err() {
             return Ok(());
         }
-        self.0
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        wait.await.map_err(|_| StoreError::Closed)?
+        // A dropped completion means another close won the race; the flush happened there.
+        wait.await.unwrap_or(Ok(()))
     }
 
-    /// Counters.
+    /// Counters: commits requested, transactions written (batches), operations, fsyncs.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.0.counters;
+        let counters = &self.inner.counters;
         StoreStats {
-            requests: c.requests.load(Ordering::Relaxed),
-            transactions: c.transactions.load(Ordering::Relaxed),
-            ops: c.ops.load(Ordering::Relaxed),
-            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            requests: counters.requests.load(Ordering::Relaxed),
+            transactions: counters.transactions.load(Ordering::Relaxed),
+            ops: counters.ops.load(Ordering::Relaxed),
+            fsyncs: counters.fsyncs.load(Ordering::Relaxed),
         }
     }
 }
 
-/// The writer thread's state.
-struct Writer {
-    db: Arc<Database>,
-    receiver: mpsc::Receiver<Request>,
-    counters: Arc<Counters>,
-    max_batch_ops: usize,
-    path: Option<PathBuf>,
-    quota: Option<u64>,
-    over_quota: bool,
-}
-
-/// Lazy operations become durable at the latest this long after they were applied.
-const LAZY_FLUSH: Duration = Duration::from_secs(1);
-
-impl Writer {
-    fn run(mut self) {
-        let mut unsynced_since: Option<Instant> = None;
-        loop {
-            let first = match unsynced_since {
-                // Lazy data waits: wake in time to make it durable.
-                Some(since) => {
-                    let left = LAZY_FLUSH.saturating_sub(since.elapsed());
-                    match self.receiver.recv_timeout(left) {
-                        Ok(request) => request,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if self.apply(Vec::new(), true).is_ok() {
-                                unsynced_since = None;
-                            }
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            let _ = self.apply(Vec::new(), true);
-                            return;
-                        }
-                    }
-                }
-                None => match self.receiver.recv() {
-                    Ok(request) => request,
-                    Err(_) => return,
-                },
-            };
-            let mut batch = Vec::new();
-            let mut waiters = Vec::new();
-            let mut close = None;
-            let mut count = 0;
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Commit { ops, done } => {
-                        count += ops.len().max(1);
-                        batch.extend(ops);
-                        if let Some(done) = done {
-                            waiters.push(done);
-                        }
-                    }
-                    Request::Close(done) => {
-                        close = Some(done);
-                        break;
-                    }
-                }
-                if count >= self.max_batch_ops {
-                    break;
-                }
-                next = self.receiver.try_recv().ok();
-            }
-            let durable = !waiters.is_empty() || close.is_some();
-            let result = if batch.is_empty() && !durable {
-                Ok(())
-            } else {
-                self.apply(batch, durable)
-            };
-            match (&result, durable) {
-                (Ok(()), true) => unsynced_since = None,
-                (Ok(()), false) => {
-                    unsynced_since.get_or_insert_with(Instant::now);
-                }
-                (Err(e), _) => tracing::warn!("store commit failed: {e}"),
-            }
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
-            }
-            if let Some(done) = close {
-                let _ = done.send(result);
-                return;
-            }
+/// The smallest key greater than every key starting with `prefix`, or `None` when no
+/// such key exists (the prefix is empty or all `0xff`), so a prefix scan is one bounded
+/// range instead of a scan to the end of the table.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
         }
     }
-
-    fn apply(&mut self, ops: Vec<Op>, durable: bool) -> Result<(), StoreError> {
-        if self.over_quota && ops.iter().any(|op| matches!(op, Op::Put { .. })) {
-            return Err(StoreError::QuotaExceeded);
-        }
-        let mut txn = self.db.begin_write().map_err(db_error)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(db_error)?;
-        let n = ops.len() as u64;
-        for op in ops {
-            match op {
-                Op::Put { table, key, value } => {
-                    let mut table = txn.open_table(table.definition()).map_err(db_error)?;
-                    table
-                        .insert(key.as_slice(), value.as_slice())
-                        .map_err(db_error)?;
-                }
-                Op::Delete { table, key } => {
-                    let mut table = txn.open_table(table.definition()).map_err(db_error)?;
-                    table.remove(key.as_slice()).map_err(db_error)?;
-                }
-                Op::DeletePrefix { table, prefix } => {
-                    let mut table = txn.open_table(table.definition()).map_err(db_error)?;
-                    let keys: Vec<Vec<u8>> = table
-                        .range::<&[u8]>(prefix.as_slice()..)
-                        .map_err(db_error)?
-                        .map_while(|entry| {
-                            let (key, _) = entry.ok()?;
-                            let key = key.value().to_vec();
-                            key.starts_with(&prefix).then_some(key)
-                        })
-                        .collect();
-                    for key in keys {
-                        table.remove(key.as_slice()).map_err(db_error)?;
-                    }
-                }
-            }
-        }
-        txn.commit().map_err(db_error)?;
-        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
-        self.counters.ops.fetch_add(n, Ordering::Relaxed);
-        if durable {
-            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
-        if let (Some(quota), Some(path)) = (self.quota, &self.path) {
-            let size = std::fs::metadata(path).map_or(0, |m| m.len());
-            self.over_quota = size > quota;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: Table = Table("test");
-
-    fn put(key: &str, value: &str) -> Op {
-        Op::Put {
-            table: T,
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        }
-    }
-
-    #[tokio::test]
-    async fn put_scan_delete_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let store = Store::open(StoreOptions {
-            path: Some(path.clone()),
-            ..StoreOptions::default()
-        })
-        .unwrap();
-        assert!(store.scan(T, b"").unwrap().is_empty(), "no table yet");
-        store
-            .commit(vec![put("a/1", "x"), put("a/2", "y"), put("b/1", "z")])
-            .await
-            .unwrap();
-        assert_eq!(store.scan(T, b"a/").unwrap().len(), 2);
-        store
-            .commit(vec![Op::DeletePrefix {
-                table: T,
-                prefix: b"a/".to_vec(),
-            }])
-            .await
-            .unwrap();
-        store.commit_lazy(vec![put("c", "lazy")]);
-        store.close().await.unwrap();
-        assert_eq!(
-            store.commit(vec![put("d", "")]).await,
-            Err(StoreError::Closed)
-        );
-        drop(store);
-        let store = Store::open(StoreOptions {
-            path: Some(path),
-            ..StoreOptions::default()
-        })
-        .unwrap();
-        let all = store.scan(T, b"").unwrap();
-        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
-        assert_eq!(keys, vec![b"b/1".as_slice(), b"c".as_slice()]);
-        assert_eq!(
-            store.get(T, b"c").unwrap().as_deref(),
-            Some(b"lazy".as_slice())
-        );
-    }
-
-    #[tokio::test]
-    async fn memory_store_starts_empty() {
-        let store = Store::open(StoreOptions::default()).unwrap();
-        store.commit(vec![put("k", "v")]).await.unwrap();
-        assert_eq!(
-            store.get(T, b"k").unwrap().as_deref(),
-            Some(b"v".as_slice())
-        );
-        let other = Store::open(StoreOptions::default()).unwrap();
-        assert_eq!(other.get(T, b"k").unwrap(), None);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_commits_share_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreOptions {
-            path: Some(dir.path().join("s.redb")),
-            ..StoreOptions::default()
-        })
-        .unwrap();
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move { store.commit(vec![put(&format!("k{i:03}"), "v")]).await })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
-        let stats = store.stats();
-        assert_eq!(store.scan(T, b"k").unwrap().len(), 200);
-        assert_eq!(stats.ops, 200);
-        // Every request is in some transaction; never more transactions than requests.
-        assert!(stats.transactions <= stats.requests, "{stats:?}");
-    }
-
-    #[tokio::test]
-    async fn quota_refuses_puts_but_not_deletes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreOptions {
-            path: Some(dir.path().join("s.redb")),
-            quota_bytes: Some(1),
-            ..StoreOptions::default()
-        })
-        .unwrap();
-        // The first commit is measured after it lands; from then on the file is over.
-        store.commit(vec![put("a", "1")]).await.unwrap();
-        assert_eq!(
-            store.commit(vec![put("b", "2")]).await,
-            Err(StoreError::QuotaExceeded)
-        );
-        store
-            .commit(vec![Op::Delete {
-                table: T,
-                key: b"a".to_vec(),
-            }])
-            .await
-            .unwrap();
-        assert_eq!(store.get(T, b"a").unwrap(), None);
-    }
+    None
 }

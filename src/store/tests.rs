@@ -1,0 +1,491 @@
+//! Unit tests of the store: operations, batching (made deterministic by holding the
+//! writer), lazy flushes, quota, failures, close and drop.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::writer::{BatchEvent, LAZY_FLUSH};
+use super::*;
+
+const T: Table = Table("test");
+
+/// Generous bound for events that arrive within milliseconds; only a broken writer waits
+/// this long.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Op {
+    Op::Put {
+        table: T,
+        key: key.as_ref().to_vec(),
+        value: value.as_ref().to_vec(),
+    }
+}
+
+fn delete(key: impl AsRef<[u8]>) -> Op {
+    Op::Delete {
+        table: T,
+        key: key.as_ref().to_vec(),
+    }
+}
+
+fn on_file(path: &Path) -> StoreOptions {
+    StoreOptions {
+        path: Some(path.to_path_buf()),
+        ..StoreOptions::default()
+    }
+}
+
+fn keys(entries: &[Entry]) -> Vec<&[u8]> {
+    entries.iter().map(|(key, _)| key.as_slice()).collect()
+}
+
+fn event(ops: u64, durable: bool) -> BatchEvent {
+    BatchEvent {
+        ops,
+        durable,
+        ok: true,
+    }
+}
+
+#[tokio::test]
+async fn put_get_scan_delete_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/s.redb");
+    let store = Store::open(on_file(&path)).unwrap();
+    assert!(store.scan(T, b"").unwrap().is_empty(), "no table yet");
+    assert_eq!(store.get(T, b"a").unwrap(), None);
+    store
+        .commit(vec![
+            put("a/2", "y"),
+            put("a/1", "x"),
+            put("a", "bare"),
+            put("b/1", "z"),
+            put("ab", "w"),
+        ])
+        .await
+        .unwrap();
+    let a = store.scan(T, b"a/").unwrap();
+    assert_eq!(
+        keys(&a),
+        [b"a/1".as_slice(), b"a/2"],
+        "key order, prefix only"
+    );
+    assert_eq!(a[0].1, b"x");
+    assert_eq!(
+        keys(&store.scan(T, b"a").unwrap()),
+        [b"a".as_slice(), b"a/1", b"a/2", b"ab"]
+    );
+    assert_eq!(store.scan(T, b"").unwrap().len(), 5);
+    assert_eq!(store.scan(T, b"c").unwrap(), vec![]);
+
+    store.commit(vec![put("a/1", "x2")]).await.unwrap();
+    assert_eq!(
+        store.get(T, b"a/1").unwrap().as_deref(),
+        Some(b"x2".as_slice())
+    );
+    store
+        .commit(vec![
+            Op::DeletePrefix {
+                table: T,
+                prefix: b"a/".to_vec(),
+            },
+            delete("ab"),
+            delete("never-there"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&store.scan(T, b"").unwrap()),
+        [b"a".as_slice(), b"b/1"]
+    );
+
+    store.commit_lazy(vec![put("c", "lazy")]);
+    store.close().await.unwrap();
+    assert_eq!(
+        store.commit(vec![put("d", "")]).await,
+        Err(StoreError::Closed)
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = Store::open(on_file(&path)).unwrap();
+    assert_eq!(
+        keys(&store.scan(T, b"").unwrap()),
+        [b"a".as_slice(), b"b/1", b"c"]
+    );
+    assert_eq!(
+        store.get(T, b"c").unwrap().as_deref(),
+        Some(b"lazy".as_slice())
+    );
+}
+
+#[tokio::test]
+async fn prefixes_ending_in_0xff() {
+    assert_eq!(prefix_end(b""), None);
+    assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+    assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+
+    let store = Store::open(StoreOptions::default()).unwrap();
+    let all: [&[u8]; 6] = [
+        &[1],
+        &[1, 0xff],
+        &[1, 0xff, 0],
+        &[2],
+        &[0xff],
+        &[0xff, 0xff],
+    ];
+    store
+        .commit(all.iter().map(|k| put(k, "")).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&store.scan(T, &[1, 0xff]).unwrap()),
+        [&[1, 0xff][..], &[1, 0xff, 0]]
+    );
+    assert_eq!(
+        keys(&store.scan(T, &[0xff]).unwrap()),
+        [&[0xff][..], &[0xff, 0xff]]
+    );
+    store
+        .commit(vec![Op::DeletePrefix {
+            table: T,
+            prefix: vec![0xff],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(keys(&store.scan(T, b"").unwrap()), &all[..4]);
+    store
+        .commit(vec![Op::DeletePrefix {
+            table: T,
+            prefix: vec![],
+        }])
+        .await
+        .unwrap();
+    assert!(store.scan(T, b"").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_starts_empty_and_works() {
+    let store = Store::open(StoreOptions::default()).unwrap();
+    assert!(store.scan(T, b"").unwrap().is_empty());
+    store.commit(vec![put("k", "v")]).await.unwrap();
+    assert_eq!(
+        store.get(T, b"k").unwrap().as_deref(),
+        Some(b"v".as_slice())
+    );
+    let other = Store::open(StoreOptions::default()).unwrap();
+    assert_eq!(
+        other.get(T, b"k").unwrap(),
+        None,
+        "each memory store is its own"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn queued_commits_share_one_transaction_and_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, hold, events) =
+        Store::open_held(on_file(&dir.path().join("s.redb")), LAZY_FLUSH).unwrap();
+    let mut commits: Vec<_> = (0..64)
+        .map(|i| Box::pin(store.commit(vec![put(format!("k{i:02}"), "v")])))
+        .collect();
+    // One poll runs each commit up to its wait: all 64 requests are queued behind the hold.
+    for commit in &mut commits {
+        assert!(futures::poll!(commit.as_mut()).is_pending());
+    }
+    drop(hold);
+    for result in join_all(commits).await {
+        result.unwrap();
+    }
+    assert_eq!(events.try_iter().collect::<Vec<_>>(), [event(64, true)]);
+    let stats = store.stats();
+    assert_eq!(
+        stats,
+        StoreStats {
+            requests: 64,
+            transactions: 1,
+            ops: 64,
+            fsyncs: 1
+        }
+    );
+    assert_eq!(store.scan(T, b"k").unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn batches_stop_at_max_ops_but_never_split_a_commit() {
+    let (store, hold, events) = Store::open_held(
+        StoreOptions {
+            max_batch_ops: 4,
+            ..StoreOptions::default()
+        },
+        LAZY_FLUSH,
+    )
+    .unwrap();
+    let sizes = [1, 6, 1, 1, 1, 1, 1, 1];
+    let mut commits: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            Box::pin(store.commit((0..n).map(|j| put(format!("{i}/{j}"), "")).collect()))
+        })
+        .collect();
+    for commit in &mut commits {
+        assert!(futures::poll!(commit.as_mut()).is_pending());
+    }
+    drop(hold);
+    for result in join_all(commits).await {
+        result.unwrap();
+    }
+    // 1 + 6 reaches the limit; then 4; then the last 2.
+    assert_eq!(
+        events.try_iter().collect::<Vec<_>>(),
+        [event(7, true), event(4, true), event(2, true)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_from_many_tasks_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(on_file(&dir.path().join("s.redb"))).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit(vec![put(format!("k{i:03}"), "v")]).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(store.scan(T, b"k").unwrap().len(), 200);
+    assert_eq!((stats.requests, stats.ops), (200, 200));
+    assert!(
+        stats.fsyncs <= stats.transactions && stats.transactions <= 200,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn lazy_commits_are_flushed_by_the_timer() {
+    let (store, hold, events) =
+        Store::open_held(StoreOptions::default(), Duration::from_millis(20)).unwrap();
+    drop(hold);
+    store.commit_lazy(vec![put("counter", "1")]);
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT), Ok(event(1, false)));
+    // Readers see a lazy commit before it is durable.
+    assert_eq!(
+        store.get(T, b"counter").unwrap().as_deref(),
+        Some(b"1".as_slice())
+    );
+    // Nothing else is sent: only the timer can produce this empty durable commit.
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT), Ok(event(0, true)));
+    assert_eq!(store.stats().fsyncs, 1);
+}
+
+#[tokio::test]
+async fn a_steady_lazy_stream_is_still_flushed() {
+    // With a zero interval, the second of two back-to-back lazy batches is overdue; the
+    // queue never runs empty, so only the batch itself can carry the fsync.
+    let (store, hold, events) = Store::open_held(
+        StoreOptions {
+            max_batch_ops: 1,
+            ..StoreOptions::default()
+        },
+        Duration::ZERO,
+    )
+    .unwrap();
+    store.commit_lazy(vec![put("a", "1")]);
+    store.commit_lazy(vec![put("b", "1")]);
+    drop(hold);
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT), Ok(event(1, false)));
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT), Ok(event(1, true)));
+}
+
+#[tokio::test]
+async fn lazy_order_is_kept_and_an_empty_commit_is_a_barrier() {
+    let (store, hold, events) = Store::open_held(StoreOptions::default(), LAZY_FLUSH).unwrap();
+    drop(hold);
+    // On an idle store a barrier writes nothing.
+    store.commit(vec![]).await.unwrap();
+    assert_eq!(store.stats().transactions, 0);
+
+    store.commit_lazy(vec![put("k", "1")]);
+    store.commit_lazy(vec![delete("k"), put("j", "2")]);
+    store.commit_lazy(vec![put("k", "3")]);
+    store.commit(vec![]).await.unwrap();
+    assert_eq!(
+        store.get(T, b"k").unwrap().as_deref(),
+        Some(b"3".as_slice())
+    );
+    assert_eq!(
+        store.get(T, b"j").unwrap().as_deref(),
+        Some(b"2".as_slice())
+    );
+    // However the lazy commits were batched, the barrier ended with an fsync of them all.
+    let all: Vec<_> = events.try_iter().collect();
+    assert_eq!(all.iter().map(|e| e.ops).sum::<u64>(), 4);
+    assert!(all.last().unwrap().durable, "{all:?}");
+}
+
+#[tokio::test]
+async fn over_quota_refuses_puts_but_deletes_still_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = Store::open(on_file(&path)).unwrap();
+    store
+        .commit(vec![put("a", "1"), put("b", "2")])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    // Reopened over its quota: refused from the first batch on.
+    let (store, hold, events) = Store::open_held(
+        StoreOptions {
+            quota_bytes: Some(1),
+            ..on_file(&path)
+        },
+        LAZY_FLUSH,
+    )
+    .unwrap();
+    let mut put_c = Box::pin(store.commit(vec![put("c", "3")]));
+    let mut delete_b = Box::pin(store.commit(vec![delete("b")]));
+    let mut mixed = Box::pin(store.commit(vec![delete("a"), put("d", "4")]));
+    assert!(futures::poll!(put_c.as_mut()).is_pending());
+    assert!(futures::poll!(delete_b.as_mut()).is_pending());
+    assert!(futures::poll!(mixed.as_mut()).is_pending());
+    drop(hold);
+    // All three share a batch; only the commits containing a Put are refused.
+    assert_eq!(put_c.await, Err(StoreError::QuotaExceeded));
+    assert_eq!(delete_b.await, Ok(()));
+    assert_eq!(mixed.await, Err(StoreError::QuotaExceeded));
+    assert_eq!(events.try_iter().collect::<Vec<_>>(), [event(1, true)]);
+    assert_eq!(keys(&store.scan(T, b"").unwrap()), [b"a".as_slice()]);
+}
+
+#[tokio::test]
+async fn puts_are_refused_once_the_file_grows_past_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    drop(Store::open(on_file(&path)).unwrap());
+    let empty = std::fs::metadata(&path).unwrap().len();
+    let quota = empty + (1 << 20);
+    let store = Store::open(StoreOptions {
+        quota_bytes: Some(quota),
+        ..on_file(&path)
+    })
+    .unwrap();
+    let value = vec![7u8; 4096];
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 10_000, "quota never reached");
+        match store
+            .commit(vec![put(format!("k{accepted:05}"), &value)])
+            .await
+        {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, StoreError::QuotaExceeded);
+    assert!(std::fs::metadata(&path).unwrap().len() > quota);
+    assert!(accepted > 0);
+    assert_eq!(store.scan(T, b"k").unwrap().len(), accepted);
+    store
+        .commit(vec![Op::DeletePrefix {
+            table: T,
+            prefix: b"k".to_vec(),
+        }])
+        .await
+        .unwrap();
+    assert!(store.scan(T, b"").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_transaction_fails_its_whole_batch_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    // A table of another type under a name the store will use: opening it fails.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<u64, u64>::new("wrong"))
+            .unwrap()
+            .insert(1, 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let wrong = Table("wrong");
+    let (store, hold, events) = Store::open_held(on_file(&path), LAZY_FLUSH).unwrap();
+    let mut good = Box::pin(store.commit(vec![put("good", "1")]));
+    let mut bad = Box::pin(store.commit(vec![Op::Put {
+        table: wrong,
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }]));
+    assert!(futures::poll!(good.as_mut()).is_pending());
+    assert!(futures::poll!(bad.as_mut()).is_pending());
+    drop(hold);
+    let (good, bad) = (good.await, bad.await);
+    assert!(
+        matches!(&good, Err(StoreError::Database(m)) if m.contains("wrong")),
+        "{good:?}"
+    );
+    assert_eq!(good, bad, "every waiter of the batch gets the error");
+    assert_eq!(
+        events.recv_timeout(EVENT_TIMEOUT),
+        Ok(BatchEvent {
+            ops: 2,
+            durable: true,
+            ok: false
+        })
+    );
+    assert_eq!(
+        store.get(T, b"good").unwrap(),
+        None,
+        "nothing of the batch is written"
+    );
+    store.commit(vec![put("after", "1")]).await.unwrap();
+    assert_eq!(
+        store.get(T, b"after").unwrap().as_deref(),
+        Some(b"1".as_slice())
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_flushes_lazy_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = Store::open(on_file(&path)).unwrap();
+    let clone = store.clone();
+    store.commit_lazy(vec![put("lazy", "1")]);
+    drop(store);
+    clone.commit_lazy(vec![put("lazy2", "2")]);
+    // Joins the writer after its final flush; the file is then free to reopen.
+    drop(clone);
+    let store = Store::open(on_file(&path)).unwrap();
+    assert_eq!(store.scan(T, b"lazy").unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_commit_still_applies_and_drop_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (store, hold, events) = Store::open_held(on_file(&path), LAZY_FLUSH).unwrap();
+    let mut commit = Box::pin(store.commit(vec![put("k", "v")]));
+    assert!(futures::poll!(commit.as_mut()).is_pending());
+    drop(commit);
+    drop(hold);
+    // The writer answers nobody, then ends when the last handle goes.
+    drop(store);
+    assert_eq!(events.try_iter().collect::<Vec<_>>(), [event(1, true)]);
+    let store = Store::open(on_file(&path)).unwrap();
+    assert_eq!(
+        store.get(T, b"k").unwrap().as_deref(),
+        Some(b"v".as_slice())
+    );
+}

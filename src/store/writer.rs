@@ -1,0 +1,348 @@
+//! The writer thread: owns every redb write transaction and turns queued requests into
+//! group commits.
+//!
+//! Group commit, and why there is no timer: the thread blocks for the first request, then
+//! takes whatever else is already queued (up to `max_batch_ops` operations), applies it
+//! all in one write transaction and commits once, fsyncing if anyone in the batch waits
+//! for durability. While that fsync runs (milliseconds on an SD card), new requests pile
+//! up in the channel and become the next batch. So batches grow exactly with the load:
+//! an idle store commits a lone request at once, a busy one shares each fsync among
+//! everyone who arrived during the previous one. Waiting "a few ms" for company would
+//! only add latency to the idle case and buys nothing under load.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{Counters, Op, StoreError, StoreOptions, db_error, prefix_end};
+
+/// Where the writer sends a request's outcome.
+pub(super) type Completion = oneshot::Sender<Result<(), StoreError>>;
+
+/// What a handle sends to the writer thread.
+pub(super) enum Request {
+    /// Operations to apply atomically; `done` is `None` for a lazy commit.
+    Commit {
+        ops: Vec<Op>,
+        done: Option<Completion>,
+    },
+    /// Make everything durable, answer, and stop.
+    Close(Completion),
+}
+
+/// Lazy operations are made durable at the latest this long after the first of them was
+/// committed without an fsync (DESIGN.md: "flushed about every second").
+pub(super) const LAZY_FLUSH: Duration = Duration::from_secs(1);
+
+/// One request taken from the queue, waiting for its batch to commit.
+struct Pending {
+    ops: Vec<Op>,
+    done: Option<Completion>,
+}
+
+/// The writer thread's state; lives on that thread only.
+pub(super) struct Writer {
+    db: Arc<Database>,
+    /// Requests from every handle, in submission order.
+    receiver: mpsc::Receiver<Request>,
+    counters: Arc<Counters>,
+    max_batch_ops: usize,
+    /// The file whose size the quota limits; `None` in memory mode.
+    path: Option<PathBuf>,
+    quota: Option<u64>,
+    /// Whether the file was over `quota` after the last commit; Puts are refused while so.
+    over_quota: bool,
+    /// When the oldest commit that is applied but not yet fsynced happened; `None` while
+    /// everything committed is durable.
+    unsynced_since: Option<Instant>,
+    lazy_flush: Duration,
+    /// Test instrumentation; always `None` outside the unit tests.
+    probe: Option<Probe>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        db: Arc<Database>,
+        receiver: mpsc::Receiver<Request>,
+        counters: Arc<Counters>,
+        options: &StoreOptions,
+        probe: Option<Probe>,
+    ) -> Writer {
+        let mut writer = Writer {
+            db,
+            receiver,
+            counters,
+            max_batch_ops: options.max_batch_ops.max(1),
+            path: options.path.clone(),
+            quota: options.quota_bytes.filter(|_| options.path.is_some()),
+            over_quota: false,
+            unsynced_since: None,
+            lazy_flush: probe.as_ref().map_or(LAZY_FLUSH, |probe| probe.lazy_flush),
+            probe,
+        };
+        // A file reopened over its quota refuses Puts from the first batch on.
+        writer.over_quota = writer.measure_over_quota();
+        writer
+    }
+
+    /// The thread's body: one batch per loop until closed or every handle is gone.
+    pub(super) fn run(mut self) {
+        if let Some(probe) = &self.probe {
+            // Returns when the test releases or drops its `Hold`.
+            let _ = probe.hold.recv();
+        }
+        while let Some(first) = self.next_request() {
+            let (pending, close) = self.gather(first);
+            let result = self.write(pending, close.is_some());
+            if let Some(done) = close {
+                let _ = done.send(result);
+                return;
+            }
+        }
+        // Every handle is gone without `close`: make lazy data durable before the database
+        // is dropped, as `close` would have.
+        if self.unsynced_since.is_some() {
+            let _ = self.transact(Vec::new(), true);
+        }
+    }
+
+    /// Blocks for the next request; while lazy data is unsynced, wakes in time to fsync
+    /// it. `None` once every handle is gone.
+    fn next_request(&mut self) -> Option<Request> {
+        loop {
+            let Some(since) = self.unsynced_since else {
+                return self.receiver.recv().ok();
+            };
+            let left = self.lazy_flush.saturating_sub(since.elapsed());
+            match self.receiver.recv_timeout(left) {
+                Ok(request) => return Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.transact(Vec::new(), true).is_err() {
+                        // Retry a failing flush one interval later, not in a busy loop.
+                        self.unsynced_since = Some(Instant::now());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// `first` and whatever else is already queued, up to `max_batch_ops` operations (a
+    /// request is never split), stopping after a `Close`.
+    fn gather(&self, first: Request) -> (Vec<Pending>, Option<Completion>) {
+        let mut pending = Vec::new();
+        let mut count = 0;
+        let mut next = Some(first);
+        while let Some(request) = next {
+            match request {
+                Request::Commit { ops, done } => {
+                    // An empty commit still costs a waiter; count it so batches stay bounded.
+                    count += ops.len().max(1);
+                    pending.push(Pending { ops, done });
+                }
+                Request::Close(done) => return (pending, Some(done)),
+            }
+            if count >= self.max_batch_ops {
+                break;
+            }
+            next = self.receiver.try_recv().ok();
+        }
+        (pending, None)
+    }
+
+    /// Commits one batch and completes its waiters; returns the transaction's result.
+    fn write(&mut self, pending: Vec<Pending>, closing: bool) -> Result<(), StoreError> {
+        let mut ops = Vec::new();
+        let mut waiters = Vec::new();
+        for Pending { ops: request, done } in pending {
+            if self.over_quota && request.iter().any(|op| matches!(op, Op::Put { .. })) {
+                // Refused on its own: the rest of the batch, including Deletes that free
+                // space, still commits.
+                match done {
+                    Some(done) => {
+                        let _ = done.send(Err(StoreError::QuotaExceeded));
+                    }
+                    None => tracing::warn!("lazy store commit dropped: store quota exceeded"),
+                }
+                continue;
+            }
+            ops.extend(request);
+            waiters.extend(done);
+        }
+        let overdue = self
+            .unsynced_since
+            .is_some_and(|since| since.elapsed() >= self.lazy_flush);
+        // A steady stream of lazy commits never leaves the queue empty long enough for the
+        // timeout in `next_request`, hence `overdue`.
+        let durable = !waiters.is_empty() || closing || overdue;
+        let result = if ops.is_empty() && !(durable && self.unsynced_since.is_some()) {
+            // Nothing to write and nothing pending to make durable (e.g. a barrier commit
+            // on an idle store): no transaction, no fsync.
+            Ok(())
+        } else {
+            self.transact(ops, durable)
+        };
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+        result
+    }
+
+    /// One write transaction: applies `ops` and commits, with an fsync if `durable`.
+    fn transact(&mut self, ops: Vec<Op>, durable: bool) -> Result<(), StoreError> {
+        let count = ops.len() as u64;
+        let result = self.apply(ops, durable);
+        match &result {
+            Ok(()) => {
+                self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                self.counters.ops.fetch_add(count, Ordering::Relaxed);
+                if durable {
+                    self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    // An Immediate commit also persists every earlier `Durability::None` one.
+                    self.unsynced_since = None;
+                } else {
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                }
+                self.over_quota = self.measure_over_quota();
+            }
+            // Every waiter of the batch gets the error; the writer goes on with the next.
+            Err(e) => tracing::warn!("store commit failed: {e}"),
+        }
+        if let Some(probe) = &self.probe {
+            let _ = probe.events.send(BatchEvent {
+                ops: count,
+                durable,
+                ok: result.is_ok(),
+            });
+        }
+        result
+    }
+
+    fn apply(&self, ops: Vec<Op>, durable: bool) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        // `None` keeps the commit in redb's memory until the next `Immediate` one; readers
+        // see it at once either way.
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(db_error)?;
+        match apply_ops(&txn, ops) {
+            Ok(()) => txn.commit().map_err(db_error),
+            Err(e) => {
+                // Atomic per batch: nothing of a failed batch is written.
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!("store transaction abort failed: {abort}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the database file is larger than the quota. A file that cannot be measured
+    /// counts as within quota: refusing every Put on a transient stat error would be worse.
+    fn measure_over_quota(&self) -> bool {
+        let (Some(quota), Some(path)) = (self.quota, &self.path) else {
+            return false;
+        };
+        match std::fs::metadata(path) {
+            Ok(metadata) => metadata.len() > quota,
+            Err(e) => {
+                tracing::warn!("cannot measure store file {}: {e}", path.display());
+                false
+            }
+        }
+    }
+}
+
+/// Applies `ops` in order inside `txn`, opening each table once per transaction.
+fn apply_ops(txn: &WriteTransaction, ops: Vec<Op>) -> Result<(), StoreError> {
+    let mut tables = HashMap::new();
+    for op in ops {
+        let name = match &op {
+            Op::Put { table, .. } | Op::Delete { table, .. } | Op::DeletePrefix { table, .. } => {
+                *table
+            }
+        };
+        let table = match tables.entry(name) {
+            MapEntry::Occupied(open) => open.into_mut(),
+            MapEntry::Vacant(slot) => slot.insert(
+                txn.open_table(name.definition())
+                    .map_err(|e| StoreError::Database(format!("table {}: {e}", name.0)))?,
+            ),
+        };
+        match op {
+            Op::Put { key, value, .. } => {
+                table
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(db_error)?;
+            }
+            Op::Delete { key, .. } => {
+                table.remove(key.as_slice()).map_err(db_error)?;
+            }
+            Op::DeletePrefix { prefix, .. } => {
+                let end = prefix_end(&prefix);
+                let upper = match &end {
+                    Some(end) => Bound::Excluded(end.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                table
+                    .retain_in::<&[u8], _>((Bound::Included(prefix.as_slice()), upper), |_, _| {
+                        false
+                    })
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Test instrumentation: holds the writer before its first batch and reports every
+/// transaction, so tests can assert how requests were batched without timing.
+#[cfg_attr(not(test), allow(dead_code))] // only the unit tests construct one
+pub(super) struct Probe {
+    /// The writer waits here once, before its first batch.
+    hold: mpsc::Receiver<()>,
+    /// One event per transaction attempted.
+    events: mpsc::Sender<BatchEvent>,
+    lazy_flush: Duration,
+}
+
+#[cfg(test)]
+impl Probe {
+    /// A probe, the hold that releases the writer, and the receiver of its events.
+    pub(super) fn new(lazy_flush: Duration) -> (Hold, Probe, mpsc::Receiver<BatchEvent>) {
+        let (release, hold) = mpsc::channel();
+        let (events, receiver) = mpsc::channel();
+        let probe = Probe {
+            hold,
+            events,
+            lazy_flush,
+        };
+        (Hold(release), probe, receiver)
+    }
+}
+
+/// Keeps a probed writer from starting; dropping it lets the writer go.
+#[cfg(test)]
+pub(crate) struct Hold(#[allow(dead_code)] mpsc::Sender<()>);
+
+/// One write transaction as the probe saw it.
+#[cfg_attr(not(test), allow(dead_code))] // read by the unit tests only
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchEvent {
+    /// Operations in the transaction.
+    pub ops: u64,
+    /// Committed with an fsync.
+    pub durable: bool,
+    /// The transaction committed.
+    pub ok: bool,
+}
