@@ -82,8 +82,8 @@ pub struct StoreOptions {
     /// single larger call still commits as one transaction.
     pub max_batch_ops: usize,
     /// Database file size beyond which Puts are refused with
-    /// [`StoreError::QuotaExceeded`] (Deletes still work). `None` = no quota. Ignored in
-    /// memory mode, which has no file.
+    /// [`StoreError::QuotaExceeded`] (Deletes still work), unless redb has freed enough of
+    /// the file for reuse. `None` = no quota. Ignored in memory mode, which has no file.
     pub quota_bytes: Option<u64>,
 }
 
@@ -188,14 +188,14 @@ impl Store {
 
     /// Opens a store whose writer waits until the returned `Hold` is dropped before it
     /// takes its first batch, so a test can queue requests and know they share one batch;
-    /// the receiver reports every transaction. `lazy_flush` replaces the one-second
-    /// interval of lazy commits.
+    /// the receiver reports every transaction. `interval` replaces the one-second interval
+    /// of lazy flushes and quota measurements.
     #[cfg(test)]
     pub(crate) fn open_held(
         options: StoreOptions,
-        lazy_flush: std::time::Duration,
+        interval: std::time::Duration,
     ) -> Result<(Store, writer::Hold, mpsc::Receiver<writer::BatchEvent>), StoreError> {
-        let (hold, probe, events) = writer::Probe::new(lazy_flush);
+        let (hold, probe, events) = writer::Probe::new(interval);
         let store = Store::start(options, Some(probe))?;
         Ok((store, hold, events))
     }

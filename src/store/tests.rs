@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::writer::{BatchEvent, LAZY_FLUSH};
+use super::writer::{BatchEvent, INTERVAL};
 use super::*;
 
 const T: Table = Table("test");
@@ -189,7 +189,7 @@ async fn memory_store_starts_empty_and_works() {
 async fn queued_commits_share_one_transaction_and_one_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let (store, hold, events) =
-        Store::open_held(on_file(&dir.path().join("s.redb")), LAZY_FLUSH).unwrap();
+        Store::open_held(on_file(&dir.path().join("s.redb")), INTERVAL).unwrap();
     let mut commits: Vec<_> = (0..64)
         .map(|i| Box::pin(store.commit(vec![put(format!("k{i:02}"), "v")])))
         .collect();
@@ -222,7 +222,7 @@ async fn batches_stop_at_max_ops_but_never_split_a_commit() {
             max_batch_ops: 4,
             ..StoreOptions::default()
         },
-        LAZY_FLUSH,
+        INTERVAL,
     )
     .unwrap();
     let sizes = [1, 6, 1, 1, 1, 1, 1, 1];
@@ -307,7 +307,7 @@ async fn a_steady_lazy_stream_is_still_flushed() {
 
 #[tokio::test]
 async fn lazy_order_is_kept_and_an_empty_commit_is_a_barrier() {
-    let (store, hold, events) = Store::open_held(StoreOptions::default(), LAZY_FLUSH).unwrap();
+    let (store, hold, events) = Store::open_held(StoreOptions::default(), INTERVAL).unwrap();
     drop(hold);
     // On an idle store a barrier writes nothing.
     store.commit(vec![]).await.unwrap();
@@ -349,7 +349,7 @@ async fn over_quota_refuses_puts_but_deletes_still_commit() {
             quota_bytes: Some(1),
             ..on_file(&path)
         },
-        LAZY_FLUSH,
+        INTERVAL,
     )
     .unwrap();
     let mut put_c = Box::pin(store.commit(vec![put("c", "3")]));
@@ -374,11 +374,16 @@ async fn puts_are_refused_once_the_file_grows_past_the_quota() {
     drop(Store::open(on_file(&path)).unwrap());
     let empty = std::fs::metadata(&path).unwrap().len();
     let quota = empty + (1 << 20);
-    let store = Store::open(StoreOptions {
-        quota_bytes: Some(quota),
-        ..on_file(&path)
-    })
+    // A zero interval measures the allocation after every commit while over the quota.
+    let (store, hold, _events) = Store::open_held(
+        StoreOptions {
+            quota_bytes: Some(quota),
+            ..on_file(&path)
+        },
+        Duration::ZERO,
+    )
     .unwrap();
+    drop(hold);
     let value = vec![7u8; 4096];
     let mut accepted = 0;
     let refused = loop {
@@ -403,6 +408,22 @@ async fn puts_are_refused_once_the_file_grows_past_the_quota() {
         .await
         .unwrap();
     assert!(store.scan(T, b"").unwrap().is_empty());
+    // The file stays over the quota, but the space it holds is free again: Puts are back
+    // once redb has released the pages (a few commits later).
+    assert!(std::fs::metadata(&path).unwrap().len() > quota);
+    let mut refused_after_drain = 0;
+    while store.commit(vec![put("again", "1")]).await == Err(StoreError::QuotaExceeded) {
+        refused_after_drain += 1;
+        assert!(
+            refused_after_drain < 10,
+            "puts stay refused after the store was drained"
+        );
+        store.commit(vec![delete("nothing")]).await.unwrap();
+    }
+    assert_eq!(
+        store.get(T, b"again").unwrap().as_deref(),
+        Some(b"1".as_slice())
+    );
 }
 
 #[tokio::test]
@@ -420,7 +441,7 @@ async fn a_failed_transaction_fails_its_whole_batch_and_the_writer_goes_on() {
         txn.commit().unwrap();
     }
     let wrong = Table("wrong");
-    let (store, hold, events) = Store::open_held(on_file(&path), LAZY_FLUSH).unwrap();
+    let (store, hold, events) = Store::open_held(on_file(&path), INTERVAL).unwrap();
     let mut good = Box::pin(store.commit(vec![put("good", "1")]));
     let mut bad = Box::pin(store.commit(vec![Op::Put {
         table: wrong,
@@ -475,7 +496,7 @@ async fn dropping_the_last_handle_flushes_lazy_commits() {
 async fn a_cancelled_commit_still_applies_and_drop_does_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let (store, hold, events) = Store::open_held(on_file(&path), LAZY_FLUSH).unwrap();
+    let (store, hold, events) = Store::open_held(on_file(&path), INTERVAL).unwrap();
     let mut commit = Box::pin(store.commit(vec![put("k", "v")]));
     assert!(futures::poll!(commit.as_mut()).is_pending());
     drop(commit);

@@ -38,8 +38,9 @@ pub(super) enum Request {
 }
 
 /// Lazy operations are made durable at the latest this long after the first of them was
-/// committed without an fsync (DESIGN.md: "flushed about every second").
-pub(super) const LAZY_FLUSH: Duration = Duration::from_secs(1);
+/// committed without an fsync (DESIGN.md: "flushed about every second"). Also how often,
+/// at most, the space allocated in a file over its quota is measured.
+pub(super) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// One request taken from the queue, waiting for its batch to commit.
 struct Pending {
@@ -57,12 +58,15 @@ pub(super) struct Writer {
     /// The file whose size the quota limits; `None` in memory mode.
     path: Option<PathBuf>,
     quota: Option<u64>,
-    /// Whether the file was over `quota` after the last commit; Puts are refused while so.
+    /// Whether the store was over `quota` after the last commit; Puts are refused while so.
     over_quota: bool,
+    /// When the allocated space was last measured; `None` while the file is within quota.
+    quota_measured_at: Option<Instant>,
     /// When the oldest commit that is applied but not yet fsynced happened; `None` while
     /// everything committed is durable.
     unsynced_since: Option<Instant>,
-    lazy_flush: Duration,
+    /// [`INTERVAL`], shorter in tests.
+    interval: Duration,
     /// Test instrumentation; always `None` outside the unit tests.
     probe: Option<Probe>,
 }
@@ -83,8 +87,9 @@ impl Writer {
             path: options.path.clone(),
             quota: options.quota_bytes.filter(|_| options.path.is_some()),
             over_quota: false,
+            quota_measured_at: None,
             unsynced_since: None,
-            lazy_flush: probe.as_ref().map_or(LAZY_FLUSH, |probe| probe.lazy_flush),
+            interval: probe.as_ref().map_or(INTERVAL, |probe| probe.interval),
             probe,
         };
         // A file reopened over its quota refuses Puts from the first batch on.
@@ -120,7 +125,7 @@ impl Writer {
             let Some(since) = self.unsynced_since else {
                 return self.receiver.recv().ok();
             };
-            let left = self.lazy_flush.saturating_sub(since.elapsed());
+            let left = self.interval.saturating_sub(since.elapsed());
             match self.receiver.recv_timeout(left) {
                 Ok(request) => return Some(request),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -159,6 +164,11 @@ impl Writer {
 
     /// Commits one batch and completes its waiters; returns the transaction's result.
     fn write(&mut self, pending: Vec<Pending>, closing: bool) -> Result<(), StoreError> {
+        if self.over_quota {
+            // Deletes may have freed space since the last measurement, and a batch of
+            // refused Puts commits nothing that would measure again (rate-limited).
+            self.over_quota = self.measure_over_quota();
+        }
         let mut ops = Vec::new();
         let mut waiters = Vec::new();
         for Pending { ops: request, done } in pending {
@@ -178,7 +188,7 @@ impl Writer {
         }
         let overdue = self
             .unsynced_since
-            .is_some_and(|since| since.elapsed() >= self.lazy_flush);
+            .is_some_and(|since| since.elapsed() >= self.interval);
         // A steady stream of lazy commits never leaves the queue empty long enough for the
         // timeout in `next_request`, hence `overdue`.
         let durable = !waiters.is_empty() || closing || overdue;
@@ -247,19 +257,54 @@ impl Writer {
         }
     }
 
-    /// Whether the database file is larger than the quota. A file that cannot be measured
-    /// counts as within quota: refusing every Put on a transient stat error would be worse.
-    fn measure_over_quota(&self) -> bool {
+    /// Whether the store is over its quota: its file is larger than the quota and so is the
+    /// space redb has allocated in it.
+    ///
+    /// The file alone is not enough: redb reuses freed pages inside the file but rarely
+    /// shrinks it, so after a full store is drained its file stays over the quota and
+    /// Puts would be refused for good. Measuring the allocation walks every tree, so it
+    /// happens only while the file is over the quota, at most once per interval (a refusal
+    /// can outlast the Deletes that ended it by that long).
+    fn measure_over_quota(&mut self) -> bool {
         let (Some(quota), Some(path)) = (self.quota, &self.path) else {
             return false;
         };
-        match std::fs::metadata(path) {
-            Ok(metadata) => metadata.len() > quota,
+        let file_bytes = match std::fs::metadata(path) {
+            Ok(metadata) => metadata.len(),
             Err(e) => {
+                // Refusing every Put on a transient stat error would be worse.
                 tracing::warn!("cannot measure store file {}: {e}", path.display());
-                false
+                return false;
+            }
+        };
+        if file_bytes <= quota {
+            self.quota_measured_at = None;
+            return false;
+        }
+        if let Some(at) = self.quota_measured_at
+            && at.elapsed() < self.interval
+        {
+            return self.over_quota;
+        }
+        self.quota_measured_at = Some(Instant::now());
+        match self.allocated_bytes() {
+            Ok(allocated) => allocated > quota,
+            Err(e) => {
+                // The file is over the quota; without a better measure, that decides.
+                tracing::warn!("cannot measure store allocation: {e}");
+                true
             }
         }
+    }
+
+    /// Bytes of the pages redb has allocated (live data, tree nodes, metadata).
+    fn allocated_bytes(&self) -> Result<u64, StoreError> {
+        // Only this thread writes, so this transaction never waits for another.
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let stats = txn.stats().map_err(db_error);
+        txn.abort().map_err(db_error)?;
+        let stats = stats?;
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
 }
 
@@ -313,19 +358,20 @@ pub(super) struct Probe {
     hold: mpsc::Receiver<()>,
     /// One event per transaction attempted.
     events: mpsc::Sender<BatchEvent>,
-    lazy_flush: Duration,
+    /// Replaces [`INTERVAL`].
+    interval: Duration,
 }
 
 #[cfg(test)]
 impl Probe {
     /// A probe, the hold that releases the writer, and the receiver of its events.
-    pub(super) fn new(lazy_flush: Duration) -> (Hold, Probe, mpsc::Receiver<BatchEvent>) {
+    pub(super) fn new(interval: Duration) -> (Hold, Probe, mpsc::Receiver<BatchEvent>) {
         let (release, hold) = mpsc::channel();
         let (events, receiver) = mpsc::channel();
         let probe = Probe {
             hold,
             events,
-            lazy_flush,
+            interval,
         };
         (Hold(release), probe, receiver)
     }
