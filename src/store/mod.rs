@@ -12,7 +12,7 @@
 //! - Nothing here is global: every [`Store`] is its own database and writer thread.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
@@ -139,6 +139,8 @@ struct Counters {
     transactions: AtomicU64,
     ops: AtomicU64,
     fsyncs: AtomicU64,
+    /// Set by the writer when it stops because of a `close`, as opposed to a panic.
+    closed: AtomicBool,
 }
 
 /// What every clone of a [`Store`] shares.
@@ -317,11 +319,22 @@ impl Store {
     /// Closing twice is not an error.
     pub async fn close(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        if self.inner.sender.send(Request::Close(done)).is_err() {
-            return Ok(());
+        let answer = match self.inner.sender.send(Request::Close(done)) {
+            Ok(()) => wait.await,
+            Err(_) => return self.closed_before(),
+        };
+        // A dropped completion: another close was queued first, or the writer panicked.
+        answer.unwrap_or_else(|_| self.closed_before())
+    }
+
+    /// The answer to a close that found the writer gone: fine after an earlier close, an
+    /// error after a panic (lazy data may be lost).
+    fn closed_before(&self) -> Result<(), StoreError> {
+        if self.inner.counters.closed.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError::Closed)
         }
-        // A dropped completion means another close won the race; the flush happened there.
-        wait.await.unwrap_or(Ok(()))
     }
 
     /// Counters: commits requested, transactions written (batches), operations, fsyncs.

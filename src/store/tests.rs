@@ -182,7 +182,14 @@ async fn memory_store_starts_empty_and_works() {
         None,
         "each memory store is its own"
     );
-    store.close().await.unwrap();
+    // Racing closes both succeed; the second finds the writer already gone.
+    let (first, second) = tokio::join!(store.close(), store.close());
+    assert_eq!((first, second), (Ok(()), Ok(())));
+    assert_eq!(
+        store.get(T, b"k").unwrap().as_deref(),
+        Some(b"v".as_slice()),
+        "reads after close"
+    );
 }
 
 #[tokio::test]

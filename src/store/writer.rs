@@ -107,6 +107,7 @@ impl Writer {
             let (pending, close) = self.gather(first);
             let result = self.write(pending, close.is_some());
             if let Some(done) = close {
+                self.counters.closed.store(true, Ordering::Release);
                 let _ = done.send(result);
                 return;
             }
