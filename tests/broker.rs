@@ -23,13 +23,17 @@ fn broker(data: &Path, port: u16) -> (Gateway, u16) {
         "--listen",
         &listen,
     ]);
+    let port = listening_port(&gateway);
+    (gateway, port)
+}
+
+/// The port from the broker's "broker listening address=HOST:PORT" log line.
+fn listening_port(gateway: &Gateway) -> u16 {
     let line = gateway.wait_for("broker listening");
-    let port = line
-        .rsplit(':')
+    line.rsplit(':')
         .next()
         .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    (gateway, port)
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 /// A running `mosquitto_sub -v -d` with extra arguments; lines are collected.
@@ -268,12 +272,7 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_sys_topics_and_sys_is_published() {
         listen,
         settings.to_str().unwrap(),
     ]);
-    let line = gateway.wait_for("broker listening");
-    let port: u16 = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .unwrap();
+    let port = listening_port(&gateway);
     let mut sys = Sub::start(port, &["-t", "$SYS/broker/version"]);
     let (topic, payload) = sys.next();
     assert_eq!(topic, "$SYS/broker/version");

@@ -413,11 +413,6 @@ impl Codec {
         }
     }
 
-    /// The largest packet the client accepts, 0 = no limit.
-    pub fn max_outgoing(&self) -> u32 {
-        self.max_outgoing
-    }
-
     /// Checks the fixed header's first byte: the packet type and its reserved flags.
     fn check_first_byte(&self, byte: u8) -> Result<(), ProtocolViolation> {
         let kind = byte >> 4;
@@ -1088,6 +1083,11 @@ mod tests {
         Ok(out)
     }
 
+    /// A v3.1.1 CONNECT followed by `packet`.
+    fn after_connect(packet: &[u8]) -> Vec<u8> {
+        [CONNECT_311, packet].concat()
+    }
+
     const CONNECT_311: &[u8] = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ab";
     const CONNECT_31: &[u8] = b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02ab";
     const CONNECT_5: &[u8] = b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02ab";
@@ -1112,15 +1112,13 @@ mod tests {
     #[test]
     fn mqtt_2_2_2_2_reserved_flags_are_malformed() {
         // PUBACK with flags 0b0010.
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x42\x02\x00\x01");
+        let bytes = after_connect(b"\x42\x02\x00\x01");
         assert!(matches!(
             decode_all(&bytes),
             Err(ProtocolViolation::Malformed(_))
         ));
         // SUBSCRIBE without its required 0b0010.
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x80\x06\x00\x01\x00\x01a\x00");
+        let bytes = after_connect(b"\x80\x06\x00\x01\x00\x01a\x00");
         assert!(matches!(
             decode_all(&bytes),
             Err(ProtocolViolation::Malformed(_))
@@ -1129,8 +1127,7 @@ mod tests {
 
     #[test]
     fn mqtt_3_3_1_4_publish_qos_3_is_malformed() {
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x36\x05\x00\x01a\x00\x01");
+        let bytes = after_connect(b"\x36\x05\x00\x01a\x00\x01");
         assert_eq!(
             decode_all(&bytes).unwrap_err().reason_code(),
             reason::MALFORMED
@@ -1153,8 +1150,7 @@ mod tests {
 
     #[test]
     fn mqtt_1_5_4_2_nul_in_a_topic_is_malformed() {
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x30\x05\x00\x03a\x00b");
+        let bytes = after_connect(b"\x30\x05\x00\x03a\x00b");
         assert!(matches!(
             decode_all(&bytes),
             Err(ProtocolViolation::Malformed(_))
@@ -1163,8 +1159,7 @@ mod tests {
 
     #[test]
     fn mqtt_3_3_2_2_wildcards_in_a_topic_name_are_refused() {
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x30\x03\x00\x01#");
+        let bytes = after_connect(b"\x30\x03\x00\x01#");
         assert_eq!(
             decode_all(&bytes).unwrap_err().reason_code(),
             reason::TOPIC_NAME_INVALID
@@ -1173,14 +1168,12 @@ mod tests {
 
     #[test]
     fn oversized_packets_and_long_lengths_are_refused() {
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x30\xff\x7f");
+        let bytes = after_connect(b"\x30\xff\x7f");
         assert!(matches!(
             decode_all(&bytes),
             Err(ProtocolViolation::TooLarge { .. })
         ));
-        let mut bytes = CONNECT_311.to_vec();
-        bytes.extend_from_slice(b"\x30\xff\xff\xff\xff\x01");
+        let bytes = after_connect(b"\x30\xff\xff\xff\xff\x01");
         assert!(matches!(
             decode_all(&bytes),
             Err(ProtocolViolation::Malformed(_))

@@ -39,7 +39,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// idle connection costs little memory.
 const IDLE_BUFFER: usize = 4096;
 
-type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 /// A commit in flight with what to do when it lands.
 type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
 
@@ -54,6 +53,18 @@ struct After {
     on_error: Option<Packet>,
     /// An inbound QoS 1/2 publish finished (for the receive maximum).
     inbound_done: bool,
+}
+
+impl After {
+    /// Only replies: nothing to deliver, a failed commit closes the connection.
+    fn replies(replies: Vec<Packet>) -> Self {
+        After {
+            replies,
+            deliveries: Vec::new(),
+            on_error: None,
+            inbound_done: false,
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -254,11 +265,10 @@ impl Connection {
             }
             let resume = !connect.clean_start && state.sessions.contains_key(&client_id);
             if !resume {
-                if state.remove_session(&client_id).is_some() || durable {
-                    // A clean start erases what an earlier session left [MQTT-3.1.2-4].
-                    if durable {
-                        ops.extend(Session::erase_ops(&client_id));
-                    }
+                // A clean start erases what an earlier session left [MQTT-3.1.2-4].
+                state.remove_session(&client_id);
+                if durable {
+                    ops.extend(Session::erase_ops(&client_id));
                 }
                 state.sessions.insert(
                     client_id.clone(),
@@ -598,24 +608,22 @@ impl Connection {
             inbound_done: qos != Qos::AtMostOnce,
         };
         // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
-        let commit: Option<Commit> = if ops.is_empty() {
-            None
-        } else if qos == Qos::AtMostOnce {
-            shared.store.commit_lazy(ops);
-            None
-        } else {
-            let store = shared.store.clone();
-            Some(Box::pin(async move { store.commit(ops).await }))
-        };
-        self.push_pending(commit, after);
+        if qos == Qos::AtMostOnce && !ops.is_empty() {
+            shared.store.commit_lazy(std::mem::take(&mut ops));
+        }
+        self.after_commit(ops, after);
         Ok(())
     }
 
-    fn push_pending(&mut self, commit: Option<Commit>, after: After) {
+    /// Queues `after` behind a durable commit of `ops` (none when empty), in order
+    /// with everything queued before.
+    fn after_commit(&mut self, ops: Vec<Op>, after: After) {
+        let store = self.broker.shared.store.clone();
         self.pending.push_back(Box::pin(async move {
-            let result = match commit {
-                Some(commit) => commit.await,
-                None => Ok(()),
+            let result = if ops.is_empty() {
+                Ok(())
+            } else {
+                store.commit(ops).await
             };
             (result, after)
         }));
@@ -670,18 +678,10 @@ impl Connection {
         };
         // PUBCOMP once the id is forgotten on disk too; else a crash would make the
         // client's next message with this id look like a resend.
-        let code = reason::SUCCESS;
-        let after = After {
-            replies: vec![Packet::PubComp(id, code)],
-            deliveries: Vec::new(),
-            on_error: None,
-            inbound_done: false,
-        };
-        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
-            let store = self.broker.shared.store.clone();
-            Box::pin(async move { store.commit(ops).await }) as Commit
-        });
-        self.push_pending(commit, after);
+        self.after_commit(
+            ops,
+            After::replies(vec![Packet::PubComp(id, reason::SUCCESS)]),
+        );
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client: the delivery is over.
@@ -749,21 +749,10 @@ impl Connection {
         };
         match release {
             None => self.pump(),
-            Some(op) => {
-                let commit: Option<Commit> = op.map(|op| {
-                    let store = self.broker.shared.store.clone();
-                    Box::pin(async move { store.commit(vec![op]).await }) as Commit
-                });
-                self.push_pending(
-                    commit,
-                    After {
-                        replies: vec![Packet::PubRel(id, 0)],
-                        deliveries: Vec::new(),
-                        on_error: None,
-                        inbound_done: false,
-                    },
-                );
-            }
+            Some(op) => self.after_commit(
+                op.into_iter().collect(),
+                After::replies(vec![Packet::PubRel(id, 0)]),
+            ),
         }
     }
 
@@ -843,18 +832,13 @@ impl Connection {
                 ops.push(session.record_op());
             }
         }
-        self.broker.shared.stats.subscriptions_changed();
-        let after = After {
-            replies: vec![Packet::SubAck(packet_id, codes)],
-            deliveries,
-            on_error: None,
-            inbound_done: false,
-        };
-        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
-            let store = self.broker.shared.store.clone();
-            Box::pin(async move { store.commit(ops).await }) as Commit
-        });
-        self.push_pending(commit, after);
+        self.after_commit(
+            ops,
+            After {
+                deliveries,
+                ..After::replies(vec![Packet::SubAck(packet_id, codes)])
+            },
+        );
         Ok(())
     }
 
@@ -878,17 +862,10 @@ impl Connection {
                 ops.push(session.record_op());
             }
         }
-        let after = After {
-            replies: vec![Packet::UnsubAck(packet_id, codes)],
-            deliveries: Vec::new(),
-            on_error: None,
-            inbound_done: false,
-        };
-        let commit: Option<Commit> = (!ops.is_empty()).then(|| {
-            let store = self.broker.shared.store.clone();
-            Box::pin(async move { store.commit(ops).await }) as Commit
-        });
-        self.push_pending(commit, after);
+        self.after_commit(
+            ops,
+            After::replies(vec![Packet::UnsubAck(packet_id, codes)]),
+        );
     }
 
     /// The PUBLISH for one delivery, with v5 extras (expiry left, subscription ids,
@@ -989,17 +966,7 @@ impl Connection {
             .iter()
             .any(|(q, _)| q.qos == Qos::ExactlyOnce && durable);
         if needs_wait {
-            let store = self.broker.shared.store.clone();
-            let commit: Commit = Box::pin(async move { store.commit(durable_ops).await });
-            self.push_pending(
-                Some(commit),
-                After {
-                    replies: packets,
-                    deliveries: Vec::new(),
-                    on_error: None,
-                    inbound_done: false,
-                },
-            );
+            self.after_commit(durable_ops, After::replies(packets));
         } else {
             if !durable_ops.is_empty() {
                 self.broker.shared.store.commit_lazy(durable_ops);
@@ -1072,7 +1039,6 @@ impl Connection {
         {
             broker.expire_later(self.client_id.clone(), generation, expiry);
         }
-        broker.shared.stats.disconnected();
     }
 }
 

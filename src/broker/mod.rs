@@ -68,14 +68,12 @@ pub struct Stats {
     messages_sent: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
-    subscription_changes: AtomicU64,
 }
 
 impl Stats {
     fn clients_total_connects(&self) {
         self.connects_total.fetch_add(1, Ordering::Relaxed);
     }
-    fn disconnected(&self) {}
     fn received(&self, bytes: usize) {
         self.messages_received.fetch_add(1, Ordering::Relaxed);
         self.bytes_received
@@ -84,9 +82,6 @@ impl Stats {
     fn sent(&self, bytes: usize) {
         self.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-    fn subscriptions_changed(&self) {
-        self.subscription_changes.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::codec::{Publish, Qos, SubscriptionOptions};
+use super::codec::{Qos, SubscriptionOptions};
 use super::session::{
     self, Message, Queued, RETAINED, Session, Subscription, TreeEntry, encode_queued,
     encode_retained, queue_key,
@@ -376,14 +376,5 @@ impl State {
             }
         }
         plan
-    }
-
-    /// The message stored for a will.
-    pub fn will_message(publish: Publish, from: ByteString, now_ms: u64) -> Arc<Message> {
-        Arc::new(Message {
-            publish,
-            received_ms: now_ms,
-            from,
-        })
     }
 }

@@ -102,17 +102,8 @@ impl<'t> Scanner<'t> {
             } else {
                 self.value(depth)?;
             }
-            self.whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(found);
-                }
-                _ => return Err(()),
+            if self.end_of_member(b'}')? {
+                return Ok(found);
             }
         }
     }
@@ -141,18 +132,27 @@ impl<'t> Scanner<'t> {
                 self.value(depth)?;
             }
             position += 1;
-            self.whitespace();
-            match self.peek() {
-                Some(b',') => {
-                    self.at += 1;
-                    self.whitespace();
-                }
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(found);
-                }
-                _ => return Err(()),
+            if self.end_of_member(b']')? {
+                return Ok(found);
             }
+        }
+    }
+
+    /// After a member of an object or array: `,` (more follow) or `close` (true: the
+    /// container ended); anything else is not JSON.
+    fn end_of_member(&mut self, close: u8) -> Result<bool, ()> {
+        self.whitespace();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                self.whitespace();
+                Ok(false)
+            }
+            Some(byte) if byte == close => {
+                self.at += 1;
+                Ok(true)
+            }
+            _ => Err(()),
         }
     }
 
