@@ -436,3 +436,70 @@ fn acknowledged_messages_survive_sigkill_and_qos_2_arrives_exactly_once() {
         );
     }
 }
+
+/// `headwater run FLOW` with the built-in broker on a free port (or `port`); returns it
+/// once the flow's in-process `mqtt.in` subscribed, and the broker's port.
+fn run_flow(data: &Path, flow: &str, port: u16) -> (Gateway, u16) {
+    let file = data.join("flow.yaml");
+    std::fs::write(&file, flow).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        file.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let port = listening_port(&gateway);
+    gateway.wait_for("on the built-in broker");
+    (gateway, port)
+}
+
+#[test]
+fn flows_without_url_subscribe_and_publish_on_the_built_in_broker_in_process() {
+    let data = tempfile::tempdir().unwrap();
+    let flow = "version: 1\nflows:\n  link:\n    nodes:\n      \
+        cmd: { type: mqtt.in, topics: \"in/#\", qos: 1 }\n      \
+        copy: { type: mqtt.out, inputs: cmd, topic: \"out/{{payload.room}}\", qos: 1 }\n";
+    let (_gateway, port) = run_flow(data.path(), flow, 0);
+    let mut sub = Sub::start(port, &["-t", "out/#", "-q", "1", "-V", "mqttv5"]);
+    publish(
+        port,
+        &["-t", "in/a", "-q", "1", "-m", r#"{"room":"kitchen"}"#],
+    );
+    assert_eq!(
+        sub.next(),
+        (
+            "out/kitchen".to_string(),
+            r#"{"room":"kitchen"}"#.to_string()
+        )
+    );
+}
+
+#[test]
+fn messages_the_broker_acknowledged_into_a_flow_survive_sigkill_of_the_gateway() {
+    // The flow forwards to a remote broker that is down at first, so every message
+    // the built-in broker PUBACKs stays in the flow's in-process session, unfinished.
+    let data = tempfile::tempdir().unwrap();
+    let remote_port = common::free_port();
+    let flow = format!(
+        "version: 1\nflows:\n  fwd:\n    nodes:\n      \
+         take: {{ type: mqtt.in, topics: \"meter/#\", qos: 1 }}\n      \
+         send: {{ type: mqtt.out, inputs: take, url: \"mqtt://127.0.0.1:{remote_port}\", topic: fwd, qos: 1 }}\n"
+    );
+    let (mut gateway, port) = run_flow(data.path(), &flow, 0);
+    let payloads: Vec<String> = (0..40).map(|i| format!("reading-{i}")).collect();
+    publish_lines(port, "meter/1", 1, &payloads);
+    gateway.signal("KILL");
+    let _ = gateway.child.wait();
+
+    let remote = common::Mosquitto::start_on(data.path(), remote_port);
+    let received = remote.subscribe("fwd", 1);
+    let (_gateway, _) = run_flow(data.path(), &flow, port);
+    let mut missing: HashSet<String> = payloads.into_iter().collect();
+    while !missing.is_empty() {
+        let (_, payload) = received.next();
+        missing.remove(&payload);
+    }
+}

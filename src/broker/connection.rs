@@ -18,8 +18,8 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +75,69 @@ enum End {
     Abnormal(String),
 }
 
+/// Who is on the other end: a TCP peer, or a flow in this process.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer {
+    /// A client over TCP.
+    Tcp(std::net::SocketAddr),
+    /// An in-process client (a flow's `mqtt.in`/`mqtt.out` without `url`).
+    Local,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Local => f.write_str("in-process"),
+        }
+    }
+}
+
+/// Where packets for the client go.
+enum Output {
+    /// Encoded into `out`, written to the socket on flush.
+    Tcp {
+        write: OwnedWriteHalf,
+        out: BytesMut,
+    },
+    /// Handed over as values on flush; a full channel holds this connection back as
+    /// a full socket would.
+    Local {
+        tx: mpsc::Sender<Packet>,
+        out: Vec<Packet>,
+    },
+}
+
+/// Where packets from the client come from.
+enum Input {
+    /// Bytes from the socket, decoded by the connection's codec.
+    Tcp { read: OwnedReadHalf, rbuf: BytesMut },
+    /// Packets as values.
+    Local(mpsc::Receiver<Packet>),
+}
+
+/// What one read brought.
+enum Arrived {
+    /// Bytes are in the read buffer.
+    Bytes,
+    /// One packet from an in-process client.
+    Packet(Packet),
+    /// The client is gone.
+    Closed,
+}
+
+impl Input {
+    async fn read(&mut self) -> std::io::Result<Arrived> {
+        match self {
+            Input::Tcp { read, rbuf } => Ok(match read.read_buf(rbuf).await? {
+                0 => Arrived::Closed,
+                _ => Arrived::Bytes,
+            }),
+            Input::Local(rx) => Ok(rx.recv().await.map_or(Arrived::Closed, Arrived::Packet)),
+        }
+    }
+}
+
 /// Serves one TCP connection until it ends.
 pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -111,20 +174,41 @@ pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr
             return;
         }
     };
-    let mut conn = Connection::new(broker, codec, write, peer);
-    let end = match conn.accept(*connect).await {
-        Ok(()) => conn.run(read, rbuf).await,
-        Err(end) => end,
+    let output = Output::Tcp {
+        write,
+        out: BytesMut::new(),
     };
-    conn.finish(end).await;
+    let conn = Connection::new(broker, codec, output, Peer::Tcp(peer));
+    conn.serve(*connect, Input::Tcp { read, rbuf }).await;
+}
+
+/// Serves one in-process connection: `rx` carries the client's packets (CONNECT
+/// first), `tx` the broker's. Everything after CONNECT is what a TCP client gets,
+/// minus the codec and the keepalive.
+pub async fn serve_local(broker: Broker, mut rx: mpsc::Receiver<Packet>, tx: mpsc::Sender<Packet>) {
+    let connect = match rx.recv().await {
+        Some(Packet::Connect(connect)) => connect,
+        Some(other) => {
+            tracing::warn!("in-process client sent {other:?} before CONNECT; closing");
+            return;
+        }
+        None => return,
+    };
+    let codec = Codec::new(broker.shared.config.max_packet_size);
+    let output = Output::Local {
+        tx,
+        out: Vec::new(),
+    };
+    let conn = Connection::new(broker, codec, output, Peer::Local);
+    conn.serve(*connect, Input::Local(rx)).await;
 }
 
 struct Connection {
     broker: Broker,
+    /// Decodes the client's bytes and encodes ours (TCP only).
     codec: Codec,
-    write: OwnedWriteHalf,
-    out: BytesMut,
-    peer: std::net::SocketAddr,
+    output: Output,
+    peer: Peer,
     client_id: ByteString,
     version: Version,
     conn_id: u64,
@@ -148,18 +232,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(
-        broker: Broker,
-        codec: Codec,
-        write: OwnedWriteHalf,
-        peer: std::net::SocketAddr,
-    ) -> Self {
+    fn new(broker: Broker, codec: Codec, output: Output, peer: Peer) -> Self {
         let conn_id = broker.next_connection_id();
         Connection {
             broker,
             codec,
-            write,
-            out: BytesMut::new(),
+            output,
             peer,
             client_id: ByteString::new(),
             version: Version::V311,
@@ -179,18 +257,43 @@ impl Connection {
         }
     }
 
+    /// Serves the connection from its CONNECT to its end.
+    async fn serve(mut self, connect: Connect, input: Input) {
+        let end = match self.accept(connect).await {
+            Ok(()) => self.run(input).await,
+            Err(end) => end,
+        };
+        self.finish(end).await;
+    }
+
     fn send(&mut self, packet: Packet) {
-        if let Err(e) = self.codec.encode(packet, &mut self.out) {
-            tracing::debug!(client = %self.client_id, "{e}");
+        match &mut self.output {
+            Output::Tcp { out, .. } => {
+                if let Err(e) = self.codec.encode(packet, out) {
+                    tracing::debug!(client = %self.client_id, "{e}");
+                }
+            }
+            Output::Local { out, .. } => out.push(packet),
         }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.write.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > IDLE_BUFFER {
-                self.out = BytesMut::new();
+        match &mut self.output {
+            Output::Tcp { write, out } => {
+                if !out.is_empty() {
+                    write.write_all(out).await?;
+                    out.clear();
+                    if out.capacity() > IDLE_BUFFER {
+                        *out = BytesMut::new();
+                    }
+                }
+            }
+            Output::Local { tx, out } => {
+                for packet in out.drain(..) {
+                    if tx.send(packet).await.is_err() {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
             }
         }
         Ok(())
@@ -239,10 +342,16 @@ impl Connection {
             }
         }
         // The client must be heard from within 1.5 x keepalive [MQTT-3.1.2-24].
-        self.keep_alive =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        // An in-process client cannot go silent the way a network peer can.
+        self.keep_alive = (keep_alive > 0 && !matches!(self.peer, Peer::Local))
+            .then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         self.client_alias_max = connect.topic_alias_max;
-        self.window = usize::from(connect.receive_max.min(config.max_inflight_messages)).max(1);
+        // `max_inflight_messages` bounds network clients; a flow sets its own window.
+        let window = match self.peer {
+            Peer::Tcp(_) => connect.receive_max.min(config.max_inflight_messages),
+            Peer::Local => connect.receive_max,
+        };
+        self.window = usize::from(window).max(1);
         self.codec.set_max_outgoing(connect.max_packet_size);
         self.will = connect.will.clone();
         self.client_id = client_id.clone();
@@ -342,10 +451,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn run(&mut self, mut read: tokio::net::tcp::OwnedReadHalf, mut rbuf: BytesMut) -> End {
+    async fn run(&mut self, mut input: Input) -> End {
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         // Packets that arrived with the CONNECT.
-        if let Err(end) = self.decode_all(&mut rbuf) {
+        if let Input::Tcp { rbuf, .. } = &mut input
+            && let Err(end) = self.decode_all(rbuf)
+        {
             return end;
         }
         loop {
@@ -375,19 +486,25 @@ impl Connection {
                     }
                 }
                 _ = self.wake.notified() => self.pump(),
-                read = read.read_buf(&mut rbuf) => {
-                    match read {
-                        Ok(0) => return End::Abnormal("connection closed by the client".into()),
-                        Ok(_) => {
-                            deadline = self.keep_alive.map(|k| Instant::now() + k);
-                            if let Err(end) = self.decode_all(&mut rbuf) {
-                                return end;
-                            }
-                            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
-                                rbuf = BytesMut::new();
-                            }
+                read = input.read() => {
+                    deadline = self.keep_alive.map(|k| Instant::now() + k);
+                    let handled = match (read, &mut input) {
+                        (Ok(Arrived::Closed), _) => {
+                            return End::Abnormal("connection closed by the client".into());
                         }
-                        Err(e) => return End::Abnormal(format!("read failed: {e}")),
+                        (Ok(Arrived::Bytes), Input::Tcp { rbuf, .. }) => {
+                            let handled = self.decode_all(rbuf);
+                            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+                                *rbuf = BytesMut::new();
+                            }
+                            handled
+                        }
+                        (Ok(Arrived::Packet(packet)), _) => self.handle(packet),
+                        (Ok(Arrived::Bytes), Input::Local(_)) => Ok(()),
+                        (Err(e), _) => return End::Abnormal(format!("read failed: {e}")),
+                    };
+                    if let Err(end) = handled {
+                        return end;
                     }
                 }
                 _ = keepalive => {

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod config;
 mod connection;
+mod local;
 pub mod session;
 pub mod state;
 mod sys;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{BrokerConfig, ListenerConfig, Persistence};
+pub use local::{LinkError, LocalClient, LocalConnect};
 
 use codec::{Publish, Will};
 use session::{
@@ -115,6 +117,14 @@ impl Shared {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("listeners", &self.shared.config.listeners)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {

@@ -52,6 +52,7 @@ pub fn run(
             EngineOptions {
                 clock,
                 data_dir,
+                broker: broker.clone(),
                 ..EngineOptions::default()
             },
         );

@@ -152,6 +152,7 @@ impl NodeHarness {
                 clock,
                 data_dir,
                 drain_deadline: std::time::Duration::from_secs(5),
+                broker: None,
             },
         );
         Ok(NodeHarness {

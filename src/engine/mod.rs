@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::broker::Broker;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -84,6 +86,9 @@ pub struct EngineOptions {
     pub data_dir: PathBuf,
     /// How long shutdown waits for queues to drain before aborting what is left.
     pub drain_deadline: Duration,
+    /// The built-in broker, for `mqtt.in`/`mqtt.out` nodes without `url`; `None` when
+    /// it is off.
+    pub broker: Option<Broker>,
 }
 
 impl Default for EngineOptions {
@@ -92,6 +97,7 @@ impl Default for EngineOptions {
             clock: Clock::system(),
             data_dir: PathBuf::from("data"),
             drain_deadline: Duration::from_secs(10),
+            broker: None,
         }
     }
 }
@@ -190,6 +196,7 @@ impl Engine {
                     shutdown: stop_sources.child_token(),
                     data_dir: options.data_dir.clone(),
                     stats: stats.clone(),
+                    broker: options.broker.clone(),
                 };
                 handles.push(NodeHandle {
                     id,

@@ -388,6 +388,8 @@ pub struct NodeContext {
     pub data_dir: PathBuf,
     /// This node's counters.
     pub stats: Arc<NodeStats>,
+    /// The built-in broker, when it runs (the in-process link of MQTT nodes).
+    pub broker: Option<crate::broker::Broker>,
 }
 
 impl NodeContext {

@@ -1,5 +1,6 @@
-//! What `mqtt.in` and `mqtt.out` share for remote brokers: the connection options as
-//! written in a flow file, their checks, and the rumqttc client they become.
+//! What `mqtt.in` and `mqtt.out` share: the connection options as written in a flow
+//! file, their checks, and what they become: a rumqttc client for a remote broker
+//! (`url:`), or an in-process client of the built-in broker (no `url:`).
 
 use std::time::Duration;
 
@@ -7,7 +8,9 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::engine::NodeId;
+use crate::broker::codec::{self, ConnAck};
+use crate::broker::{LocalClient, LocalConnect};
+use crate::engine::{NodeContext, NodeError, NodeId};
 use crate::nodes::registry::ConfigIssue;
 
 /// An MQTT quality of service: 0, 1 or 2.
@@ -70,8 +73,8 @@ pub struct Will {
 /// Where and how to connect; built from a node's options.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    /// `mqtt://[user:password@]host[:port]`.
-    pub url: String,
+    /// `mqtt://[user:password@]host[:port]`; `None` is the built-in broker, in process.
+    pub url: Option<String>,
     /// Client id; default `headwater-FLOW-NODE`.
     pub client_id: Option<String>,
     /// User name (overrides one in the URL).
@@ -156,11 +159,31 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
     })
 }
 
-/// Checks the options common to both node kinds.
-pub fn validate(url: &str, client_id: Option<&str>, will: Option<&Will>) -> Vec<ConfigIssue> {
+/// Checks the options common to both node kinds. `remote_only` names the options that
+/// are set and mean something only with a `url` (credentials, keepalive).
+pub fn validate(
+    url: Option<&str>,
+    remote_only: &[(&str, bool)],
+    client_id: Option<&str>,
+    will: Option<&Will>,
+) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
-    if let Err(e) = parse_url(url) {
-        issues.push(ConfigIssue::new("url", e));
+    match url {
+        Some(url) => {
+            if let Err(e) = parse_url(url) {
+                issues.push(ConfigIssue::new("url", e));
+            }
+        }
+        None => {
+            for (option, _) in remote_only.iter().filter(|(_, set)| *set) {
+                issues.push(ConfigIssue::new(
+                    *option,
+                    format!(
+                        "`{option}` applies to a remote broker; without `url` the node talks to the built-in broker in process, which needs no `{option}`"
+                    ),
+                ));
+            }
+        }
     }
     if client_id.is_some_and(|id| id.is_empty() || id.len() > 65535) {
         issues.push(ConfigIssue::new(
@@ -222,9 +245,16 @@ impl Connection {
             .unwrap_or_else(|| format!("headwater-{}-{}", node.flow, node.node))
     }
 
+    /// Where this connection goes, for logs.
+    pub fn target(&self) -> &str {
+        self.url
+            .as_deref()
+            .unwrap_or("built-in broker (in process)")
+    }
+
     /// A rumqttc client and event loop for this connection (no IO yet).
     pub fn client(&self, node: &NodeId, inflight: u16) -> Result<(AsyncClient, EventLoop), String> {
-        let url = parse_url(&self.url)?;
+        let url = parse_url(self.url.as_deref().unwrap_or_default())?;
         let mut options = MqttOptions::new(self.client_id(node), url.host, url.port);
         options
             .set_keep_alive(self.keepalive.max(Duration::from_secs(1)))
@@ -247,6 +277,44 @@ impl Connection {
         }
         Ok(AsyncClient::new(options, 1024))
     }
+}
+
+/// Connects to the built-in broker in process, as `client_id(node)`; a persistent
+/// session unless `clean_session`.
+pub async fn connect_local(
+    cx: &NodeContext,
+    connection: &Connection,
+    receive_max: u16,
+) -> Result<(LocalClient, ConnAck), NodeError> {
+    let broker = cx.broker.as_ref().ok_or_else(|| {
+        NodeError::new(
+            "no `url` is set and the built-in broker is off (`--no-broker`, or `enabled: false` under `broker:`); set `url` or turn the broker on",
+        )
+    })?;
+    let will = connection.will.as_ref().map(|will| codec::Will {
+        topic: will.topic.clone().into(),
+        payload: will.payload.clone().into(),
+        qos: codec::Qos::from_u8(will.qos.0).unwrap_or(codec::Qos::AtMostOnce),
+        retain: will.retain,
+        delay: 0,
+        properties: Default::default(),
+    });
+    let connected = broker
+        .connect_local(LocalConnect {
+            client_id: connection.client_id(&cx.id),
+            clean_start: connection.clean_session,
+            session_expiry: if connection.clean_session {
+                0
+            } else {
+                u32::MAX
+            },
+            receive_max,
+            will,
+        })
+        .await
+        .map_err(|e| NodeError::new(e.to_string()))?;
+    tracing::info!(node = %cx.id, session_present = connected.1.session_present, "connected to the built-in broker");
+    Ok(connected)
 }
 
 /// Reconnect delays: 100ms doubling to 30s, back to the start after a good connection.

@@ -1,7 +1,9 @@
-//! `mqtt.out`: publishes each message to a remote broker (rumqttc). A message is done
-//! when the broker has it: at PUBACK for QoS 1, PUBCOMP for QoS 2, once written for
-//! QoS 0. Until then it stays in flight, across reconnects (rumqttc sends it again), so
-//! an upstream QoS 1 source acknowledges only what the other broker took.
+//! `mqtt.out`: publishes each message to a remote broker (`url:`, rumqttc) or, without
+//! `url`, to the built-in broker through the in-process link. A message is done when
+//! the broker has it: at PUBACK for QoS 1, PUBCOMP for QoS 2 (the built-in broker sends
+//! those once the message is durable for every persistent subscriber), once written
+//! for QoS 0. Until then it stays in flight, across reconnects (rumqttc sends it
+//! again), so an upstream QoS 1 source acknowledges only what the broker took.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use crate::broker::LinkError;
+use crate::broker::codec::{self, Packet as Packet5};
 use crate::engine::template::{Escape, Template};
 use crate::engine::{Clock, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId};
 use crate::flow::values::HumanDuration;
@@ -21,8 +25,9 @@ use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttOutConfig {
-    /// The broker: `mqtt://[user:password@]host[:port]`.
-    pub url: String,
+    /// A remote broker: `mqtt://[user:password@]host[:port]`. Leave it out to publish
+    /// on the built-in broker, in process (no TCP).
+    pub url: Option<String>,
     /// Topic to publish to, a template filled per message: `sensor/{{payload.id}}/w`,
     /// `{{topic}}/state`. Default: the message's own topic.
     pub topic: Option<String>,
@@ -34,11 +39,12 @@ pub struct MqttOutConfig {
     pub retain: Option<bool>,
     /// Client id (default `headwater-FLOW-NODE`).
     pub client_id: Option<String>,
-    /// User name (overrides one in `url`).
+    /// User name (overrides one in `url`; remote brokers only).
     pub username: Option<String>,
-    /// Password (overrides one in `url`); use `${file:...}` or `${ENV}` for secrets.
+    /// Password (overrides one in `url`; remote brokers only); use `${file:...}` or
+    /// `${ENV}` for secrets.
     pub password: Option<String>,
-    /// Keepalive interval (default `60s`).
+    /// Keepalive interval (default `60s`; remote brokers only).
     pub keepalive: Option<HumanDuration>,
     /// Start a fresh session on every connect (default true).
     pub clean_session: Option<bool>,
@@ -95,7 +101,17 @@ impl Config for MqttOutConfig {
         "Publishes to an MQTT broker; a message is done when the broker acknowledged it";
 
     fn validate(&self) -> Vec<ConfigIssue> {
-        let mut issues = mqtt::validate(&self.url, self.client_id.as_deref(), self.will.as_ref());
+        let remote_only = [
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+            ("keepalive", self.keepalive.is_some()),
+        ];
+        let mut issues = mqtt::validate(
+            self.url.as_deref(),
+            &remote_only,
+            self.client_id.as_deref(),
+            self.will.as_ref(),
+        );
         if let Err(e) = self.template() {
             issues.push(e);
         }
@@ -117,7 +133,10 @@ impl Config for MqttOutConfig {
             inflight: self.inflight,
         });
         Ok(Arc::new(move |cx: NodeContext| -> NodeFuture {
-            Box::pin(run(settings.clone(), cx))
+            match settings.connection.url {
+                Some(_) => Box::pin(run(settings.clone(), cx)),
+                None => Box::pin(run_local(settings.clone(), cx)),
+            }
         }))
     }
 }
@@ -128,6 +147,22 @@ struct Settings {
     qos: QoS,
     retain: Option<bool>,
     inflight: u16,
+}
+
+impl Settings {
+    /// The topic and retain flag `msg` is published with; an error names why it cannot
+    /// be (the message goes to the `error` port).
+    fn destination(&self, msg: &Msg) -> Result<(String, bool), String> {
+        let topic = match &self.topic {
+            None => msg.topic.to_string(),
+            Some(template) => template.fill(msg).map_err(|e| e.to_string())?,
+        };
+        mqtt::check_topic_name(&topic)?;
+        let retain = self
+            .retain
+            .unwrap_or_else(|| msg.headers.get("retain").is_some_and(|r| r == "true"));
+        Ok((topic, retain))
+    }
 }
 
 /// Messages between "handed to rumqttc" and "the broker has it".
@@ -213,20 +248,13 @@ async fn run(settings: Arc<Settings>, mut cx: NodeContext) -> Result<(), NodeErr
         shared.clone(),
     ))));
     while let Some(msg) = cx.recv().await {
-        let topic = match &settings.topic {
-            None => Ok(msg.topic.to_string()),
-            Some(template) => template.fill(&msg).map_err(|e| e.to_string()),
-        };
-        let topic = match topic.and_then(|t| mqtt::check_topic_name(&t).map(|()| t)) {
-            Ok(topic) => topic,
+        let (topic, retain) = match settings.destination(&msg) {
+            Ok(destination) => destination,
             Err(reason) => {
                 cx.outputs.emit_error(msg, reason).await;
                 continue;
             }
         };
-        let retain = settings
-            .retain
-            .unwrap_or_else(|| msg.headers.get("retain").is_some_and(|r| r == "true"));
         let payload = msg.payload.clone();
         shared.with(|t| t.queued.push_back(msg));
         if let Err(e) = client
@@ -255,6 +283,106 @@ async fn run(settings: Arc<Settings>, mut cx: NodeContext) -> Result<(), NodeErr
     Ok(())
 }
 
+/// `mqtt.out` without `url`: publishes on the built-in broker, in process. Up to
+/// `inflight` QoS 1/2 messages wait for the broker's durable acknowledgement at once.
+async fn run_local(settings: Arc<Settings>, mut cx: NodeContext) -> Result<(), NodeError> {
+    let (mut link, _) = mqtt::connect_local(&cx, &settings.connection, 1).await?;
+    let qos = codec::Qos::from_u8(settings.qos as u8).unwrap_or(codec::Qos::AtMostOnce);
+    let mut inflight: HashMap<u16, Msg> = HashMap::new();
+    let mut inputs_open = true;
+    let closed = |inflight: &mut HashMap<u16, Msg>, why: String| {
+        for (_, msg) in inflight.drain() {
+            msg.fail(&why);
+        }
+        NodeError::new(why)
+    };
+    while inputs_open || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            packet = link.recv() => match packet {
+                Some(Packet5::PubAck(id, code) | Packet5::PubComp(id, code)) => {
+                    if let Some(msg) = inflight.remove(&id.get()) {
+                        settle_local(msg, code);
+                    }
+                }
+                Some(Packet5::PubRec(id, code)) if code >= 0x80 => {
+                    if let Some(msg) = inflight.remove(&id.get()) {
+                        settle_local(msg, code);
+                    }
+                }
+                Some(Packet5::PubRec(id, _)) => {
+                    if link.send(Packet5::PubRel(id, 0)).await.is_err() {
+                        return Err(closed(&mut inflight, LinkError::Closed.to_string()));
+                    }
+                }
+                Some(Packet5::Disconnect(code, _)) => {
+                    let why = format!("the built-in broker closed the connection (reason {code:#04x})");
+                    return Err(closed(&mut inflight, why));
+                }
+                Some(_) => {}
+                None => return Err(closed(&mut inflight, LinkError::Closed.to_string())),
+            },
+            msg = cx.recv(), if inputs_open && inflight.len() < usize::from(settings.inflight) => {
+                let Some(msg) = msg else {
+                    inputs_open = false;
+                    continue;
+                };
+                let (topic, retain) = match settings.destination(&msg) {
+                    Ok(destination) => destination,
+                    Err(reason) => {
+                        cx.outputs.emit_error(msg, reason).await;
+                        continue;
+                    }
+                };
+                let mut packet_id = None;
+                if qos != codec::Qos::AtMostOnce {
+                    // At most `inflight` ids are taken, so a free one is near.
+                    let mut id = link.next_packet_id();
+                    while inflight.contains_key(&id.get()) {
+                        id = link.next_packet_id();
+                    }
+                    packet_id = Some(id);
+                }
+                let publish = codec::Publish {
+                    topic: topic.into(),
+                    payload: msg.payload.clone(),
+                    qos,
+                    retain,
+                    dup: false,
+                    packet_id,
+                    topic_alias: None,
+                    subscription_ids: Vec::new(),
+                    properties: Default::default(),
+                };
+                let sent = link.send(Packet5::Publish(Box::new(publish))).await;
+                match (sent, packet_id) {
+                    (Err(e), _) => {
+                        msg.fail(&e);
+                        return Err(closed(&mut inflight, e.to_string()));
+                    }
+                    (Ok(()), None) => msg.done(),
+                    (Ok(()), Some(id)) => {
+                        inflight.insert(id.get(), msg);
+                    }
+                }
+            }
+        }
+    }
+    link.disconnect().await;
+    Ok(())
+}
+
+/// The built-in broker's verdict on one QoS 1/2 publish.
+fn settle_local(msg: Msg, code: u8) {
+    if code >= 0x80 {
+        msg.fail(format!(
+            "the built-in broker refused it (reason {code:#04x})"
+        ));
+    } else {
+        msg.done();
+    }
+}
+
 async fn poll(
     mut eventloop: EventLoop,
     settings: Arc<Settings>,
@@ -268,7 +396,7 @@ async fn poll(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                mqtt::log_connected(&node, &settings.connection.url, &mut connected_before);
+                mqtt::log_connected(&node, settings.connection.target(), &mut connected_before);
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.with(|t| t.written(pkid)),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shared.with(|t| t.held_back(pkid)),
@@ -284,8 +412,14 @@ async fn poll(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                mqtt::wait_to_retry(&node, &settings.connection.url, &e, &mut backoff, &clock)
-                    .await;
+                mqtt::wait_to_retry(
+                    &node,
+                    settings.connection.target(),
+                    &e,
+                    &mut backoff,
+                    &clock,
+                )
+                .await;
             }
         }
     }

@@ -1,8 +1,12 @@
-//! `mqtt.in`: subscribes on a remote broker (rumqttc) and emits what arrives. For QoS 1
+//! `mqtt.in`: subscribes and emits what arrives; on a remote broker (`url:`, rumqttc)
+//! or, without `url`, on the built-in broker through the in-process link. For QoS 1
 //! and 2 the PUBACK/PUBREC is held until the message and everything derived from it
 //! reached a terminal state in the flow, so a crash or a failing sink never loses a
-//! message the broker counts as delivered.
+//! message the broker counts as delivered. In process, the node's session is durable
+//! in the broker's store: the broker acknowledges a remote publisher once the message
+//! is queued there, and the queue entry goes when the flow is done with it.
 
+use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -11,6 +15,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::broker::codec::{self, Packet as Packet5, SubscriptionOptions};
+use crate::broker::{LinkError, LocalClient};
 use crate::engine::{Clock, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId, Outcome};
 use crate::flow::values::HumanDuration;
 use crate::nodes::mqtt::{self, AbortOnDrop, Backoff, Connection, Qos, Will};
@@ -20,8 +26,9 @@ use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttInConfig {
-    /// The broker: `mqtt://[user:password@]host[:port]`.
-    pub url: String,
+    /// A remote broker: `mqtt://[user:password@]host[:port]`. Leave it out to
+    /// subscribe on the built-in broker, in process (no TCP).
+    pub url: Option<String>,
     /// Topic filters to subscribe to; `+` and `#` wildcards as in MQTT.
     pub topics: Topics,
     /// QoS of the subscriptions (default 0). With 1 or 2 the broker's acknowledgement
@@ -30,11 +37,12 @@ pub struct MqttInConfig {
     pub qos: Qos,
     /// Client id (default `headwater-FLOW-NODE`); keep it stable for a persistent session.
     pub client_id: Option<String>,
-    /// User name (overrides one in `url`).
+    /// User name (overrides one in `url`; remote brokers only).
     pub username: Option<String>,
-    /// Password (overrides one in `url`); use `${file:...}` or `${ENV}` for secrets.
+    /// Password (overrides one in `url`; remote brokers only); use `${file:...}` or
+    /// `${ENV}` for secrets.
     pub password: Option<String>,
-    /// Keepalive interval (default `60s`).
+    /// Keepalive interval (default `60s`; remote brokers only).
     pub keepalive: Option<HumanDuration>,
     /// Start a fresh session on every connect. Default: `false` for QoS 1 and 2 (the
     /// broker keeps the subscription and queues messages while the gateway is away),
@@ -49,6 +57,7 @@ pub struct MqttInConfig {
     pub failed: OnFailure,
     /// Most QoS 0 messages waiting for the flow (default 10000); beyond it new ones are
     /// dropped and counted in a warning, as a broker drops QoS 0 for a slow client.
+    /// In process the built-in broker's own queue (`max_queued_messages`) is the bound.
     #[serde(default = "default_max_pending")]
     #[schemars(range(min = 1))]
     pub max_pending: usize,
@@ -111,7 +120,17 @@ impl Config for MqttInConfig {
         "Subscribes on an MQTT broker; QoS 1/2 acknowledgements wait for the flow";
 
     fn validate(&self) -> Vec<ConfigIssue> {
-        let mut issues = mqtt::validate(&self.url, self.client_id.as_deref(), self.will.as_ref());
+        let remote_only = [
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+            ("keepalive", self.keepalive.is_some()),
+        ];
+        let mut issues = mqtt::validate(
+            self.url.as_deref(),
+            &remote_only,
+            self.client_id.as_deref(),
+            self.will.as_ref(),
+        );
         let topics = self.topics.list();
         if topics.is_empty() {
             issues.push(ConfigIssue::new("topics", "name at least one topic filter"));
@@ -141,7 +160,10 @@ impl Config for MqttInConfig {
             max_pending: self.max_pending,
         });
         Ok(Arc::new(move |cx: NodeContext| -> NodeFuture {
-            Box::pin(run(settings.clone(), cx))
+            match settings.connection.url {
+                Some(_) => Box::pin(run(settings.clone(), cx)),
+                None => Box::pin(run_local(settings.clone(), cx)),
+            }
         }))
     }
 }
@@ -232,6 +254,157 @@ async fn run(settings: Arc<Settings>, cx: NodeContext) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// QoS 1/2 messages the built-in broker sends before the flow finished some.
+const LOCAL_WINDOW: u16 = 1024;
+
+/// A message from the built-in broker, waiting for the flow's verdict.
+struct LocalDelivery {
+    topic: Arc<str>,
+    packet_id: Option<NonZeroU16>,
+    qos: codec::Qos,
+}
+
+/// `mqtt.in` without `url`: a session of the built-in broker, in process.
+async fn run_local(settings: Arc<Settings>, cx: NodeContext) -> Result<(), NodeError> {
+    let (mut link, _) = mqtt::connect_local(&cx, &settings.connection, LOCAL_WINDOW).await?;
+    // A resumed session keeps its subscriptions; make them what the flow file says now
+    // (an edited `topics:` takes effect), without resending retained messages for the
+    // filters it already had.
+    let client_id = settings.connection.client_id(&cx.id);
+    let stale: Vec<String> = cx
+        .broker
+        .as_ref()
+        .map(|b| b.subscriptions_of(&client_id))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| !settings.filters.contains(f))
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(node = %cx.id, "dropping subscriptions no longer in the flow: {stale:?}");
+        link.unsubscribe(stale)
+            .await
+            .map_err(|e| NodeError::new(e.to_string()))?;
+    }
+    {
+        let options = SubscriptionOptions {
+            retain_handling: 1,
+            ..SubscriptionOptions::qos(
+                codec::Qos::from_u8(settings.qos as u8).unwrap_or(codec::Qos::AtMostOnce),
+            )
+        };
+        let filters = settings
+            .filters
+            .iter()
+            .map(|f| (f.clone(), options))
+            .collect();
+        let codes = link
+            .subscribe(filters)
+            .await
+            .map_err(|e| NodeError::new(e.to_string()))?;
+        let mut granted = 0;
+        for (filter, code) in settings.filters.iter().zip(&codes) {
+            if *code >= 0x80 {
+                tracing::warn!(node = %cx.id, "the built-in broker refused the subscription to `{filter}` (reason {code:#04x})");
+            } else {
+                granted += 1;
+            }
+        }
+        tracing::info!(node = %cx.id, "subscribed to {granted} of {} topic filters on the built-in broker", codes.len());
+    }
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(LocalDelivery, Outcome)>();
+    let mut outstanding = 0usize;
+    loop {
+        tokio::select! {
+            biased;
+            Some((delivery, outcome)) = ack_rx.recv() => {
+                outstanding -= 1;
+                settle_local(&settings, &link, &cx.id, delivery, outcome).await?;
+            }
+            _ = cx.shutdown.cancelled() => break,
+            packet = link.recv() => match packet {
+                Some(Packet5::Publish(publish)) => {
+                    let delivery = LocalDelivery {
+                        topic: Arc::from(&*publish.topic),
+                        packet_id: publish.packet_id,
+                        qos: publish.qos,
+                    };
+                    let mut msg = if publish.qos == codec::Qos::AtMostOnce {
+                        Msg::new(delivery.topic.clone(), publish.payload.clone(), cx.clock.wall_ms())
+                    } else {
+                        outstanding += 1;
+                        let ack_tx = ack_tx.clone();
+                        let topic = delivery.topic.clone();
+                        Msg::tracked(topic, publish.payload.clone(), cx.clock.wall_ms(), move |outcome| {
+                            // A closed channel means this run ended: the message stays
+                            // in flight and the broker sends it again on reconnect.
+                            let _ = ack_tx.send((delivery, outcome));
+                        })
+                    };
+                    let headers = msg.headers_mut();
+                    headers.insert("qos".into(), (publish.qos as u8).to_string());
+                    headers.insert("retain".into(), publish.retain.to_string());
+                    cx.emit(msg).await;
+                }
+                // QoS 2, second half: the broker released it; it is ours alone now.
+                Some(Packet5::PubRel(id, _)) => send_local(&link, Packet5::PubComp(id, 0)).await?,
+                Some(Packet5::Disconnect(code, _)) => {
+                    return Err(NodeError::new(format!(
+                        "the built-in broker closed the session (reason {code:#04x})"
+                    )));
+                }
+                Some(_) => {}
+                None => return Err(NodeError::new(LinkError::Closed.to_string())),
+            },
+        }
+    }
+    // As for a remote broker: let what is in the flow finish, then leave cleanly. What
+    // the broker sent after this stays in the session for the next start.
+    cx.outputs.close();
+    while outstanding > 0 {
+        let Some((delivery, outcome)) = ack_rx.recv().await else {
+            break;
+        };
+        outstanding -= 1;
+        settle_local(&settings, &link, &cx.id, delivery, outcome).await?;
+    }
+    link.disconnect().await;
+    Ok(())
+}
+
+async fn send_local(link: &LocalClient, packet: Packet5) -> Result<(), NodeError> {
+    link.send(packet)
+        .await
+        .map_err(|e| NodeError::new(e.to_string()))
+}
+
+/// Acknowledges a finished message to the built-in broker (PUBACK, or PUBREC for QoS 2),
+/// or ends the run so the broker sends it again.
+async fn settle_local(
+    settings: &Settings,
+    link: &LocalClient,
+    node: &NodeId,
+    delivery: LocalDelivery,
+    outcome: Outcome,
+) -> Result<(), NodeError> {
+    if let Outcome::Failed(reason) = &outcome {
+        let topic = &delivery.topic;
+        if settings.failed == OnFailure::Redeliver {
+            return Err(NodeError::new(format!(
+                "a message on `{topic}` failed ({reason}); it stays unacknowledged and the broker will deliver it again"
+            )));
+        }
+        tracing::warn!(node = %node, "a message on `{topic}` failed ({reason}); acknowledged anyway (`failed: acknowledge`)");
+    }
+    let Some(id) = delivery.packet_id else {
+        return Ok(());
+    };
+    let packet = match delivery.qos {
+        codec::Qos::ExactlyOnce => Packet5::PubRec(id, 0),
+        _ => Packet5::PubAck(id, 0),
+    };
+    send_local(link, packet).await
+}
+
 fn topic_of(publish: &Publish) -> Arc<str> {
     Arc::from(publish.topic.as_str())
 }
@@ -286,7 +459,7 @@ async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
-                mqtt::log_connected(&node, &settings.connection.url, &mut connected_before);
+                mqtt::log_connected(&node, settings.connection.target(), &mut connected_before);
                 if !ack.session_present {
                     let filters = settings
                         .filters
@@ -335,8 +508,14 @@ async fn poll(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(e) => {
-                mqtt::wait_to_retry(&node, &settings.connection.url, &e, &mut backoff, &clock)
-                    .await;
+                mqtt::wait_to_retry(
+                    &node,
+                    settings.connection.target(),
+                    &e,
+                    &mut backoff,
+                    &clock,
+                )
+                .await;
             }
         }
     }
