@@ -504,7 +504,16 @@ mod tests {
     #[test]
     fn limits_stop_runaway_scripts() {
         let msg = Msg::new("t", "1", 0);
-        let err = run("loop {}", &msg).unwrap_err();
+        let origin = Origin::Inline {
+            base_dir: PathBuf::from("."),
+        };
+        // The default operation limit, with a deadline no busy machine reaches first.
+        let limits = Limits {
+            timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        let script = Script::compile("loop {}", &origin, &limits, &NodeId::new("f", "s")).unwrap();
+        let err = script.run(&mut Script::new_state(), &msg).unwrap_err();
         assert!(
             err.0.starts_with("script exceeded its operation limit"),
             "{err}"
@@ -514,9 +523,6 @@ mod tests {
             max_operations: 0,
             timeout: Duration::from_millis(20),
             ..Limits::default()
-        };
-        let origin = Origin::Inline {
-            base_dir: PathBuf::from("."),
         };
         let script = Script::compile("loop {}", &origin, &limits, &NodeId::new("f", "s")).unwrap();
         let err = script.run(&mut Script::new_state(), &msg).unwrap_err();
