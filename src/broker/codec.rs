@@ -344,6 +344,11 @@ pub enum ProtocolViolation {
     /// A topic name breaks the topic rules.
     #[error("invalid topic name: {0}")]
     TopicName(String),
+    /// CONNECT has an empty client id the server may not assign one for (v3.1.1
+    /// without clean session [MQTT-3.1.3-8]; v5 without clean start, which we refuse
+    /// too, as [MQTT-3.1.3-6] lets a server).
+    #[error("empty client id without clean session")]
+    ClientIdRejected,
 }
 
 impl ProtocolViolation {
@@ -355,6 +360,7 @@ impl ProtocolViolation {
             ProtocolViolation::TooLarge { .. } => reason::PACKET_TOO_LARGE,
             ProtocolViolation::UnsupportedVersion => reason::UNSUPPORTED_PROTOCOL_VERSION,
             ProtocolViolation::TopicName(_) => reason::TOPIC_NAME_INVALID,
+            ProtocolViolation::ClientIdRejected => reason::CLIENT_ID_NOT_VALID,
         }
     }
 }
@@ -365,6 +371,7 @@ fn malformed(error: DecodeError) -> ProtocolViolation {
         DecodeError::InvalidProtocol | DecodeError::UnsupportedProtocolLevel => {
             ProtocolViolation::UnsupportedVersion
         }
+        DecodeError::InvalidClientId => ProtocolViolation::ClientIdRejected,
         other => ProtocolViolation::Malformed(other.to_string().to_lowercase()),
     }
 }
@@ -505,6 +512,29 @@ impl Codec {
             },
         };
         Ok(Some(packet))
+    }
+
+    /// The CONNACK that refuses a CONNECT which failed to decode with `violation`, for
+    /// the refusals the specification answers before closing: an unsupported protocol
+    /// level (v3 return code 0x01 [MQTT-3.1.2-2], which v5 clients of another level
+    /// understand too) and a rejected client id (0x02 in v3 [MQTT-3.1.3-9], 0x85 in
+    /// v5). `None`: close without a word.
+    pub fn connect_refusal(&mut self, violation: &ProtocolViolation) -> Option<BytesMut> {
+        let mut buf = BytesMut::new();
+        match violation {
+            ProtocolViolation::UnsupportedVersion => {
+                buf.extend_from_slice(&[0x20, 0x02, 0x00, 0x01]);
+            }
+            ProtocolViolation::ClientIdRejected => {
+                let refusal = ConnAck {
+                    reason: reason::CLIENT_ID_NOT_VALID,
+                    ..ConnAck::default()
+                };
+                self.encode(Packet::ConnAck(refusal), &mut buf).ok()?;
+            }
+            _ => return None,
+        }
+        Some(buf)
     }
 
     /// Encodes `packet` for this connection's version onto `buf`. A packet larger than
@@ -1190,6 +1220,43 @@ mod tests {
             decode_all(b"\x10\x0e\x00\x04HTTP\x04\x02\x00\x3c\x00\x02ab"),
             Err(ProtocolViolation::Malformed(_))
         ));
+    }
+
+    /// What the codec answers to a CONNECT it refuses: `(violation, CONNACK bytes)`.
+    fn refusal(connect: &[u8]) -> (ProtocolViolation, Option<Vec<u8>>) {
+        let mut codec = Codec::new(1024);
+        let mut buf = BytesMut::from(connect);
+        let violation = codec.decode(&mut buf).expect_err("refused");
+        let reply = codec.connect_refusal(&violation).map(|b| b.to_vec());
+        (violation, reply)
+    }
+
+    #[test]
+    fn refused_connects_get_the_connack_their_version_defines() {
+        // mqtt_3_1_2_2: an unsupported level gets return code 0x01, then the close.
+        assert_eq!(
+            refusal(b"\x10\x0e\x00\x04MQTT\x06\x02\x00\x3c\x00\x02ab"),
+            (
+                ProtocolViolation::UnsupportedVersion,
+                Some(vec![0x20, 0x02, 0x00, 0x01])
+            )
+        );
+        // mqtt311_3_1_3_8: an empty client id without clean session: 0x02.
+        assert_eq!(
+            refusal(b"\x10\x0c\x00\x04MQTT\x04\x00\x00\x3c\x00\x00"),
+            (
+                ProtocolViolation::ClientIdRejected,
+                Some(vec![0x20, 0x02, 0x00, 0x02])
+            )
+        );
+        // v5: reason 0x85 in a v5 CONNACK (flags, reason, then properties).
+        let (violation, reply) = refusal(b"\x10\x0d\x00\x04MQTT\x05\x00\x00\x3c\x00\x00\x00");
+        assert_eq!(violation, ProtocolViolation::ClientIdRejected);
+        let reply = reply.expect("a connack");
+        assert_eq!((reply[0], reply[2], reply[3]), (0x20, 0x00, 0x85));
+        // A malformed CONNECT is closed without a word.
+        let (_, reply) = refusal(b"\x10\x0e\x00\x04HTTP\x04\x02\x00\x3c\x00\x02ab");
+        assert_eq!(reply, None);
     }
 
     #[test]

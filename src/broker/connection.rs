@@ -151,22 +151,30 @@ pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
                 Ok(Some(_)) => unreachable!("the codec refuses anything before connect"),
                 Ok(None) => {}
-                Err(violation) => return Err(violation.to_string()),
+                Err(violation) => return Err(Some(violation)),
             }
             match read.read_buf(&mut rbuf).await {
-                Ok(0) => return Err("closed before connect".to_string()),
+                Ok(0) | Err(_) => return Err(None),
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
             }
         }
     })
     .await;
     let connect = match connect {
         Ok(Ok(connect)) => connect,
-        Ok(Err(reason)) => {
-            // An unsupported version still gets a CONNACK in the version it asked for
-            // where possible; anything else is closed [MQTT-4.8.0-1].
-            tracing::debug!(%peer, %reason, "connection refused before connect");
+        Ok(Err(None)) => {
+            tracing::debug!(%peer, "closed before connect");
+            return;
+        }
+        Ok(Err(Some(violation))) => {
+            // An unsupported version and a rejected client id get a CONNACK that says
+            // so; anything else is closed without one [MQTT-4.8.0-1].
+            tracing::info!(%peer, "connection refused: {violation}");
+            if let Some(refusal) = codec.connect_refusal(&violation) {
+                let mut write = write;
+                let _ = write.write_all(&refusal).await;
+                let _ = write.shutdown().await;
+            }
             return;
         }
         Err(_) => {
