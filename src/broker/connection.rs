@@ -236,7 +236,8 @@ struct Connection {
     pending: FuturesOrdered<Pending>,
     /// Inbound QoS 1/2 publishes not yet acknowledged (receive maximum).
     inbound_unacked: usize,
-    attached: bool,
+    /// Closed because a new connection took the session over.
+    taken_over: bool,
 }
 
 impl Connection {
@@ -261,7 +262,7 @@ impl Connection {
             window: 1,
             pending: FuturesOrdered::new(),
             inbound_unacked: 0,
-            attached: false,
+            taken_over: false,
         }
     }
 
@@ -407,7 +408,6 @@ impl Connection {
                 ops.push(session.record_op());
             }
         }
-        self.attached = true;
         // A persistent session's CONNACK waits until the session is on disk.
         if !ops.is_empty()
             && let Err(e) = self.broker.shared.store.commit(ops).await
@@ -485,7 +485,7 @@ impl Connection {
                         self.send(Packet::Disconnect(code, None));
                         let _ = self.flush().await;
                     }
-                    self.attached = code != reason::SESSION_TAKEN_OVER;
+                    self.taken_over = code == reason::SESSION_TAKEN_OVER;
                     return End::Abnormal(format!("closed by the broker (reason {code:#04x})"));
                 }
                 Some((result, after)) = self.pending.next(), if !self.pending.is_empty() => {
@@ -1150,7 +1150,14 @@ impl Connection {
                 notify.notify_one();
             }
         }
-        if send_will && let Some(will) = self.will.take() {
+        // A will with a delay is dropped when a new connection for the client id came
+        // before the delay ran out, which a takeover is [MQTT-3.1.2-8]; without a
+        // delay it goes out at once.
+        let will = self
+            .will
+            .take()
+            .filter(|w| !(self.taken_over && w.delay > 0));
+        if send_will && let Some(will) = will {
             broker.send_will(
                 self.client_id.clone(),
                 will,

@@ -274,6 +274,82 @@ mod tests {
         broker.shutdown().await;
     }
 
+    fn will(delay: u32) -> Option<Will> {
+        Some(Will {
+            topic: "status".into(),
+            payload: format!("gone after {delay}").into(),
+            qos: Qos::AtMostOnce,
+            retain: false,
+            delay,
+            properties: Default::default(),
+        })
+    }
+
+    /// What arrives on `status` up to and including the next "marker".
+    async fn status_until_marker(watcher: &mut LocalClient, broker: &Broker) -> Vec<String> {
+        let (marker, _) = broker
+            .connect_local(connect("marker", true))
+            .await
+            .expect("connect");
+        marker
+            .send(publish("status", "marker", Qos::AtMostOnce, None))
+            .await
+            .expect("send");
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|s| s != "marker") {
+            match watcher.recv().await {
+                Some(Packet::Publish(p)) => {
+                    seen.push(String::from_utf8_lossy(&p.payload).into_owned())
+                }
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn mqtt_3_1_2_8_a_takeover_sends_a_will_without_delay_and_drops_a_delayed_one() {
+        let broker = memory_broker();
+        let (mut watcher, _) = broker
+            .connect_local(connect("watcher", true))
+            .await
+            .expect("connect");
+        watcher
+            .subscribe(vec![(
+                "status".into(),
+                SubscriptionOptions::qos(Qos::AtMostOnce),
+            )])
+            .await
+            .expect("suback");
+        for delay in [0, 60] {
+            let (mut old, _) = broker
+                .connect_local(LocalConnect {
+                    will: will(delay),
+                    ..connect("device", false)
+                })
+                .await
+                .expect("connect");
+            let (_new, ack) = broker
+                .connect_local(connect("device", false))
+                .await
+                .expect("takeover");
+            assert!(ack.session_present);
+            // The old connection is told why, and closed [MQTT-3.1.4-3].
+            assert_eq!(old.recv().await, Some(Packet::Disconnect(0x8E, None)));
+            assert_eq!(old.recv().await, None);
+            if delay == 0 {
+                match watcher.recv().await {
+                    Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"gone after 0"),
+                    other => panic!("expected the will, got {other:?}"),
+                }
+            } else {
+                // Nothing on `status` before a message published after the takeover.
+                assert_eq!(status_until_marker(&mut watcher, &broker).await, ["marker"]);
+            }
+        }
+        broker.shutdown().await;
+    }
+
     #[tokio::test]
     async fn an_unacknowledged_message_is_sent_again_with_dup_when_the_flow_reconnects() {
         let broker = memory_broker();
