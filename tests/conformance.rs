@@ -1257,7 +1257,7 @@ fn mqtt_4_3_3_qos_2_flow_pubrec_pubrel_pubcomp_delivers_once() {
     publisher.send(&msg.encode(5));
     assert_eq!(publisher.expect_ack(kind::PUBREC, 7), 0);
     // A resend before PUBREL (DUP) is answered with PUBREC again and not delivered
-    // again [MQTT-4.3.3-9].
+    // again (section 4.3.3, receiver side).
     let mut again = msg.clone();
     again.dup = true;
     publisher.send(&again.encode(5));
@@ -2106,8 +2106,10 @@ fn mqtt_3_8_3_4_no_local_on_a_shared_subscription_is_a_protocol_error() {
 // ---------------------------------------------------------------------------------
 // Session expiry and queues
 
+/// The other side of [MQTT-3.1.2-23]: only an interval above 0 keeps the session
+/// (section 3.1.2.11.2: absent means 0).
 #[test]
-fn mqtt_3_1_2_11_session_expiry_0_ends_the_session_at_disconnect() {
+fn mqtt_3_1_2_23_session_expiry_0_ends_the_session_at_disconnect() {
     let broker = broker();
     let mut connect = Connect::v5("short");
     connect.clean = false;
