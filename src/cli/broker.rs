@@ -67,8 +67,9 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let mut signals = super::run::ShutdownSignals::listen()?;
         let broker = start(config, &data_dir).await?;
-        let reason = super::run::shutdown_signal().await?;
+        let reason = signals.recv().await;
         tracing::info!("shutting down: {reason}");
         broker.shutdown().await;
         Ok(ExitCode::SUCCESS)

@@ -41,6 +41,7 @@ pub fn run(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let mut signals = ShutdownSignals::listen()?;
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
         tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
         let broker = match broker_config {
@@ -65,7 +66,7 @@ pub fn run(
             }
         };
         let reason = tokio::select! {
-            signal = shutdown_signal() => signal?,
+            signal = signals.recv() => signal,
             () = flows_done => "every node finished",
         };
         tracing::info!("shutting down: {reason}");
@@ -80,13 +81,28 @@ pub fn run(
     })
 }
 
-/// Waits for SIGINT or SIGTERM and says which.
-pub(super) async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-    })
+/// SIGINT and SIGTERM, listened for from the moment this is made: made before anything
+/// starts, so a signal during start-up stops the process cleanly instead of killing it.
+pub(super) struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Starts listening (inside the runtime).
+    pub(super) fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM and says which.
+    pub(super) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }
