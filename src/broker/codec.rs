@@ -349,6 +349,12 @@ pub enum ProtocolViolation {
     /// too, as [MQTT-3.1.3-6] lets a server).
     #[error("empty client id without clean session")]
     ClientIdRejected,
+    /// A v5 topic alias that is 0 or unusable.
+    #[error("invalid topic alias: {0}")]
+    TopicAlias(String),
+    /// The payload format indicator says UTF-8 and the payload is not.
+    #[error("payload format invalid: {0}")]
+    PayloadFormat(String),
 }
 
 impl ProtocolViolation {
@@ -361,6 +367,8 @@ impl ProtocolViolation {
             ProtocolViolation::UnsupportedVersion => reason::UNSUPPORTED_PROTOCOL_VERSION,
             ProtocolViolation::TopicName(_) => reason::TOPIC_NAME_INVALID,
             ProtocolViolation::ClientIdRejected => reason::CLIENT_ID_NOT_VALID,
+            ProtocolViolation::TopicAlias(_) => reason::TOPIC_ALIAS_INVALID,
+            ProtocolViolation::PayloadFormat(_) => reason::PAYLOAD_FORMAT_INVALID,
         }
     }
 }
@@ -412,12 +420,12 @@ impl Codec {
         }
     }
 
-    /// Limits what we send to what the client said it accepts (v5).
+    /// Limits what we send to what the client said it accepts (v5). The limit is
+    /// checked here on the encoded bytes, not handed to the crate: rmqtt-codec 0.3
+    /// underflows sizing an acknowledgement for a limit under 12 bytes (found by
+    /// fuzzing, docs/fuzzing.md).
     pub fn set_max_outgoing(&mut self, size: Option<u32>) {
         self.max_outgoing = size.unwrap_or(0);
-        if let State::V5(codec) = &mut self.state {
-            codec.set_max_outbound_size(self.max_outgoing);
-        }
     }
 
     /// Checks the fixed header's first byte: the packet type and its reserved flags.
@@ -485,17 +493,18 @@ impl Codec {
             buf.reserve(size as usize - buf.len());
             return Ok(None);
         }
+        // Set when a v5 CONNECT had an empty client id without clean start, which the
+        // crate refuses and the specification lets a server accept [MQTT-3.1.3-6];
+        // Mosquitto assigns an id then, and so do we.
+        let mut empty_id_for_the_crate = false;
         if let State::Handshake = self.state {
             let Some(version) = detect_version(buf)? else {
                 return Ok(None);
             };
             self.state = match version {
                 Version::V5 => {
-                    let mut codec = v5::Codec::new(self.max_packet_size, 0);
-                    if self.max_outgoing > 0 {
-                        codec.set_max_outbound_size(self.max_outgoing);
-                    }
-                    State::V5(codec)
+                    empty_id_for_the_crate = allow_v5_empty_client_id(buf);
+                    State::V5(v5::Codec::new(self.max_packet_size, 0))
                 }
                 v3_version => State::V3(v3::Codec::new(self.max_packet_size), v3_version),
             };
@@ -506,10 +515,23 @@ impl Codec {
                 Some((packet, _)) => from_v3(packet, *version)?,
                 None => return Ok(None),
             },
-            State::V5(codec) => match codec.decode(buf).map_err(malformed)? {
-                Some((packet, _)) => from_v5(packet)?,
-                None => return Ok(None),
-            },
+            State::V5(codec) => {
+                if buf[0] >> 4 == 3 && v5_topic_alias_zero(&buf[..size as usize]) {
+                    return Err(ProtocolViolation::TopicAlias(
+                        "topic alias 0 [MQTT-3.3.2-8]".into(),
+                    ));
+                }
+                match codec.decode(buf).map_err(malformed)? {
+                    Some((packet, _)) => match from_v5(packet)? {
+                        Packet::Connect(mut connect) if empty_id_for_the_crate => {
+                            connect.clean_start = false;
+                            Packet::Connect(connect)
+                        }
+                        packet => packet,
+                    },
+                    None => return Ok(None),
+                }
+            }
         };
         Ok(Some(packet))
     }
@@ -555,9 +577,17 @@ impl Codec {
                 }
                 Ok(())
             }
-            State::V5(codec) => codec
-                .encode(to_v5(packet), buf)
-                .map_err(|e| EncodeFailed(e.to_string())),
+            State::V5(codec) => {
+                let start = buf.len();
+                codec
+                    .encode(to_v5(packet), buf)
+                    .map_err(|e| EncodeFailed(e.to_string()))?;
+                if self.max_outgoing > 0 && (buf.len() - start) as u32 > self.max_outgoing {
+                    buf.truncate(start);
+                    return Err(EncodeFailed("larger than the client accepts".into()));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -609,6 +639,93 @@ fn detect_version(buf: &[u8]) -> Result<Option<Version>, ProtocolViolation> {
             "protocol name is not mqtt [MQTT-3.1.2-1]".into(),
         )),
     }
+}
+
+/// A v5 variable byte integer at the start of `bytes`: its value and length.
+fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Where a whole v5 CONNECT's client id starts and its connect flags byte sits:
+/// `(flags offset, client id length)`.
+fn v5_connect_layout(frame: &[u8]) -> Option<(usize, usize)> {
+    let (_, header) = varint(frame.get(1..)?)?;
+    let name_len = usize::from(u16::from_be_bytes([
+        *frame.get(1 + header)?,
+        *frame.get(2 + header)?,
+    ]));
+    let flags_at = 1 + header + 2 + name_len + 1;
+    let props_at = flags_at + 1 + 2;
+    let (props_len, props_header) = varint(frame.get(props_at..)?)?;
+    let id_at = props_at + props_header + props_len;
+    let id_len = usize::from(u16::from_be_bytes([
+        *frame.get(id_at)?,
+        *frame.get(id_at + 1)?,
+    ]));
+    Some((flags_at, id_len))
+}
+
+/// For a v5 CONNECT with an empty client id and clean start 0, sets the clean start
+/// bit so rmqtt-codec accepts it; returns whether it did (the caller puts the flag
+/// back on the decoded packet).
+fn allow_v5_empty_client_id(frame: &mut [u8]) -> bool {
+    match v5_connect_layout(frame) {
+        Some((flags_at, 0)) if frame[flags_at] & 0x02 == 0 => {
+            frame[flags_at] |= 0x02;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether a whole v5 PUBLISH carries topic alias 0, which the crate reports only as
+/// a malformed packet and the specification answers with 0x94 [MQTT-3.3.2-8].
+fn v5_topic_alias_zero(frame: &[u8]) -> bool {
+    let scan = || -> Option<bool> {
+        let (_, header) = varint(frame.get(1..)?)?;
+        let mut at = 1 + header;
+        let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+        at += 2 + topic_len;
+        if frame[0] & 0b0110 != 0 {
+            at += 2; // packet id
+        }
+        let (props_len, props_header) = varint(frame.get(at..)?)?;
+        at += props_header;
+        let end = at.checked_add(props_len)?;
+        let props = frame.get(at..end)?;
+        let mut i = 0;
+        while i < props.len() {
+            let id = props[i];
+            i += 1;
+            let two = |i: usize| -> Option<usize> {
+                Some(usize::from(u16::from_be_bytes([
+                    *props.get(i)?,
+                    *props.get(i + 1)?,
+                ])))
+            };
+            i += match id {
+                0x01 => 1,
+                0x02 => 4,
+                0x03 | 0x08 | 0x09 => 2 + two(i)?,
+                0x0B => varint(props.get(i..)?)?.1,
+                0x23 => return Some(two(i)? == 0),
+                0x26 => {
+                    let key = 2 + two(i)?;
+                    key + 2 + two(i + key)?
+                }
+                _ => return None,
+            };
+        }
+        Some(false)
+    };
+    scan().unwrap_or(false)
 }
 
 /// UTF-8 rules the crate does not check: no U+0000 [MQTT-1.5.4-2].
@@ -752,8 +869,8 @@ fn check_properties(props: &MessageProperties, payload: &Bytes) -> Result<(), Pr
         check_string(value, "user property")?;
     }
     if props.utf8_payload && std::str::from_utf8(payload).is_err() {
-        return Err(ProtocolViolation::Malformed(
-            "payload format indicator says utf-8 but the payload is not [MQTT-3.3.2-4]".into(),
+        return Err(ProtocolViolation::PayloadFormat(
+            "the payload format indicator says utf-8 and the payload is not [MQTT-3.3.2-4]".into(),
         ));
     }
     Ok(())
@@ -1241,7 +1358,8 @@ mod tests {
                 Some(vec![0x20, 0x02, 0x00, 0x01])
             )
         );
-        // mqtt311_3_1_3_8: an empty client id without clean session: 0x02.
+        // mqtt311_3_1_3_8: an empty client id without clean session: 0x02 (v5 has no
+        // such rule, below).
         assert_eq!(
             refusal(b"\x10\x0c\x00\x04MQTT\x04\x00\x00\x3c\x00\x00"),
             (
@@ -1249,14 +1367,60 @@ mod tests {
                 Some(vec![0x20, 0x02, 0x00, 0x02])
             )
         );
-        // v5: reason 0x85 in a v5 CONNACK (flags, reason, then properties).
-        let (violation, reply) = refusal(b"\x10\x0d\x00\x04MQTT\x05\x00\x00\x3c\x00\x00\x00");
-        assert_eq!(violation, ProtocolViolation::ClientIdRejected);
-        let reply = reply.expect("a connack");
-        assert_eq!((reply[0], reply[2], reply[3]), (0x20, 0x00, 0x85));
+        // v5 lets a server assign an id whatever clean start says [MQTT-3.1.3-6];
+        // the crate refuses that, the codec lets it through with the flag as sent.
+        match &decode_all(b"\x10\x0d\x00\x04MQTT\x05\x00\x00\x3c\x00\x00\x00").unwrap()[..] {
+            [Packet::Connect(connect)] => {
+                assert!(connect.client_id.is_empty());
+                assert!(!connect.clean_start);
+            }
+            other => panic!("{other:?}"),
+        }
         // A malformed CONNECT is closed without a word.
         let (_, reply) = refusal(b"\x10\x0e\x00\x04HTTP\x04\x02\x00\x3c\x00\x02ab");
         assert_eq!(reply, None);
+    }
+
+    #[test]
+    fn topic_alias_0_and_a_false_utf8_claim_have_their_own_reason_codes() {
+        // v5 PUBLISH "a", QoS 0, properties: topic alias (0x23) 0.
+        let alias_zero = [CONNECT_5, b"\x30\x07\x00\x01a\x03\x23\x00\x00"].concat();
+        let violation = decode_all(&alias_zero).unwrap_err();
+        assert_eq!(
+            violation.reason_code(),
+            reason::TOPIC_ALIAS_INVALID,
+            "{violation}"
+        );
+        // Alias 1 is fine.
+        let alias_one = [CONNECT_5, b"\x30\x07\x00\x01a\x03\x23\x00\x01"].concat();
+        assert_eq!(decode_all(&alias_one).unwrap().len(), 2);
+        // Payload format indicator (0x01) 1 with a payload that is not UTF-8.
+        let not_utf8 = [CONNECT_5, b"\x30\x08\x00\x01a\x02\x01\x01\xc3\x28"].concat();
+        let violation = decode_all(&not_utf8).unwrap_err();
+        assert_eq!(
+            violation.reason_code(),
+            reason::PAYLOAD_FORMAT_INVALID,
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn a_tiny_client_maximum_packet_size_refuses_what_does_not_fit_without_panicking() {
+        // Found by fuzzing: rmqtt-codec 0.3 underflowed sizing acks under 12 bytes.
+        let mut codec = Codec::new(1024);
+        let mut buf = BytesMut::from(CONNECT_5);
+        codec.decode(&mut buf).unwrap().expect("connect");
+        let id = NonZeroU16::new(1).unwrap();
+        let mut out = BytesMut::new();
+        codec.set_max_outgoing(Some(11));
+        codec
+            .encode(Packet::PubAck(id, 0), &mut out)
+            .expect("a puback fits");
+        assert_eq!(out[0], 0x40);
+        let sent = out.len();
+        codec.set_max_outgoing(Some(1));
+        assert!(codec.encode(Packet::PubAck(id, 0), &mut out).is_err());
+        assert_eq!(out.len(), sent, "nothing of the refused packet is left");
     }
 
     #[test]

@@ -51,7 +51,7 @@ struct After {
     /// What to write instead when the commit failed (v5 reason 0x97); `None` closes
     /// the connection.
     on_error: Option<Packet>,
-    /// An inbound QoS 1/2 publish finished (for the receive maximum).
+    /// An inbound QoS 1 publish finished (for the receive maximum).
     inbound_done: bool,
 }
 
@@ -238,6 +238,8 @@ struct Connection {
     inbound_unacked: usize,
     /// Closed because a new connection took the session over.
     taken_over: bool,
+    /// A DISCONNECT went out: nothing may follow it [MQTT-3.14.4-1].
+    disconnect_sent: bool,
 }
 
 impl Connection {
@@ -263,6 +265,7 @@ impl Connection {
             pending: FuturesOrdered::new(),
             inbound_unacked: 0,
             taken_over: false,
+            disconnect_sent: false,
         }
     }
 
@@ -276,14 +279,47 @@ impl Connection {
     }
 
     fn send(&mut self, packet: Packet) {
+        if self.disconnect_sent {
+            return;
+        }
+        self.disconnect_sent = matches!(packet, Packet::Disconnect(..));
         match &mut self.output {
             Output::Tcp { out, .. } => {
+                let delivery = match &packet {
+                    Packet::Publish(publish) => publish.packet_id,
+                    _ => None,
+                };
                 if let Err(e) = self.codec.encode(packet, out) {
                     tracing::debug!(client = %self.client_id, "{e}");
+                    if let Some(id) = delivery {
+                        self.discard_inflight(id);
+                    }
                 }
             }
             Output::Local { out, .. } => out.push(packet),
         }
+    }
+
+    /// A QoS 1/2 delivery that cannot be sent (larger than the client accepts) is
+    /// over, as if it had been acknowledged [MQTT-3.1.2-25].
+    fn discard_inflight(&mut self, id: NonZeroU16) {
+        let durable = self.broker.shared.durable();
+        let mut state = self.broker.state();
+        let Some(session) = state.sessions.get_mut(&self.client_id) else {
+            return;
+        };
+        let persistent = session.persistent();
+        if let Some(queued) = session.inflight.remove(&id.get())
+            && durable
+            && persistent
+        {
+            self.broker.shared.store.commit_lazy(vec![Op::Delete {
+                table: session::QUEUE,
+                key: queue_key(&self.client_id, queued.seq),
+            }]);
+        }
+        drop(state);
+        self.wake.notify_one();
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -702,6 +738,10 @@ impl Connection {
                 deliveries = plan.deliveries;
             }
         }
+        if duplicate {
+            // The original is still counted until its PUBCOMP.
+            self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+        }
         if too_big {
             tracing::debug!(client = %self.client_id, "publish over message_size_limit dropped");
         }
@@ -730,7 +770,9 @@ impl Connection {
             replies: reply,
             deliveries,
             on_error,
-            inbound_done: qos != Qos::AtMostOnce,
+            // A QoS 2 publish counts against the receive maximum until PUBCOMP
+            // [MQTT-4.9.0-2]; see `on_pubrel`.
+            inbound_done: qos == Qos::AtLeastOnce,
         };
         // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
         if qos == Qos::AtMostOnce && !ops.is_empty() {
@@ -792,6 +834,9 @@ impl Connection {
                 return;
             };
             let known = session.incoming.remove(&id.get());
+            if known {
+                self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+            }
             if known && durable && session.persistent() {
                 vec![Op::Delete {
                     table: INCOMING,

@@ -162,12 +162,26 @@ impl State {
         share: Option<ByteString>,
         plan: &mut RoutePlan,
     ) {
-        let Some(session) = self.sessions.get(client) else {
+        let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
         let qos = msg.publish.qos.min(options.qos);
         // Offline sessions keep QoS 1/2 only, as Mosquitto does by default.
         if session.attached.is_none() && qos == Qos::AtMostOnce {
+            return;
+        }
+        // The bound is applied here, before anything is written, so a message dropped
+        // for a full queue cannot come back from the store after a restart. Deliveries
+        // planned but not yet applied may overshoot it by a commit's worth.
+        if session.queue.len() >= self.max_queued {
+            session.dropped += 1;
+            if session.dropped == 1 || session.dropped.is_power_of_two() {
+                tracing::warn!(
+                    client = %client,
+                    dropped = session.dropped,
+                    "queue full (max_queued_messages): dropping messages for this client"
+                );
+            }
             return;
         }
         let seq = self.next_seq;
@@ -201,17 +215,6 @@ impl State {
             let Some(session) = self.sessions.get_mut(&client) else {
                 continue;
             };
-            if session.queue.len() >= self.max_queued {
-                session.dropped += 1;
-                if session.dropped == 1 || session.dropped.is_power_of_two() {
-                    tracing::warn!(
-                        client = %client,
-                        dropped = session.dropped,
-                        "queue full (max_queued_messages): dropping messages for this client"
-                    );
-                }
-                continue;
-            }
             session.queue.push_back(queued);
             if let Some(attached) = &session.attached {
                 wake.push(attached.wake.clone());
@@ -376,5 +379,64 @@ impl State {
             }
         }
         plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::codec::{Publish, Version};
+
+    fn message(payload: &'static str) -> Arc<Message> {
+        Arc::new(Message {
+            publish: Publish {
+                topic: "t".into(),
+                payload: payload.into(),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+                dup: false,
+                packet_id: None,
+                topic_alias: None,
+                subscription_ids: Vec::new(),
+                properties: Default::default(),
+            },
+            received_ms: 0,
+            from: "publisher".into(),
+        })
+    }
+
+    #[test]
+    fn a_message_over_max_queued_is_neither_queued_nor_written() {
+        let mut state = State::new(2, true);
+        let client = ByteString::from("offline");
+        state.sessions.insert(
+            client.clone(),
+            Session::new(client.clone(), u32::MAX, Version::V311),
+        );
+        state.subscribe(
+            &client,
+            "t".into(),
+            Subscription {
+                filter: topic::parse_filter(&"t".into()).unwrap(),
+                options: SubscriptionOptions::qos(Qos::AtLeastOnce),
+                id: None,
+            },
+        );
+        let mut written = 0;
+        for payload in ["one", "two", "three"] {
+            let plan = state.route(&message(payload));
+            written += plan.ops.len();
+            state.apply(plan.deliveries);
+        }
+        // Two queued and written; the third dropped before any store write, so a
+        // restart cannot bring it back past the bound.
+        assert_eq!(written, 2);
+        let queued: Vec<&[u8]> = state.sessions[&client]
+            .queue
+            .iter()
+            .map(|q| &q.msg.publish.payload[..])
+            .collect();
+        assert_eq!(queued, [&b"one"[..], b"two"]);
+        assert_eq!(state.sessions[&client].dropped, 1);
     }
 }
