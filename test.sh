@@ -20,6 +20,19 @@ fi
 # mosquitto lives in /usr/sbin, which a non-root PATH may lack.
 export PATH="$PATH:/usr/sbin"
 
+# The Python MQTT client the paho tests drive (tests/peers/*.py).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "test.sh: installing python3 and pip"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+  echo "test.sh: installing paho-mqtt"
+  # Debian's own python3 refuses pip installs (externally managed) without the flag.
+  python3 -m pip install --quiet 'paho-mqtt>=2,<3' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'paho-mqtt>=2,<3'
+fi
+
 # The Rust toolchain (edition 2024 needs Rust >= 1.85; Debian 12's cargo is older).
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -204,3 +204,22 @@ impl Drop for Subscriber {
         let _ = self.child.wait();
     }
 }
+
+/// `headwater broker` alone on a free port of 127.0.0.1, its store in `data`; returns it
+/// with the port it logged ("broker listening address=HOST:PORT").
+pub fn headwater_broker(data: &Path) -> (Gateway, u16) {
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+        "broker",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let line = gateway.wait_for("broker listening");
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (gateway, port)
+}
