@@ -128,6 +128,9 @@ impl Mosquitto {
             &format!("listen socket on port {port}"),
             "mosquitto",
         );
+        // "Opening ... listen socket" comes before the socket listens; "running" after
+        // every listener is up (a connect in between is refused).
+        wait_line(&lines, " running", "mosquitto");
         // Keep draining its log so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Mosquitto { child, port }
