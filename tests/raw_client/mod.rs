@@ -20,11 +20,11 @@ use crate::common::PATIENCE;
 // Packet types (high nibble of the first byte).
 const CONNECT: u8 = 1;
 const CONNACK: u8 = 2;
-const PUBLISH: u8 = 3;
-const PUBACK: u8 = 4;
-const PUBREC: u8 = 5;
-const PUBREL: u8 = 6;
-const PUBCOMP: u8 = 7;
+pub const PUBLISH: u8 = 3;
+pub const PUBACK: u8 = 4;
+pub const PUBREC: u8 = 5;
+pub const PUBREL: u8 = 6;
+pub const PUBCOMP: u8 = 7;
 const SUBSCRIBE: u8 = 8;
 const SUBACK: u8 = 9;
 const UNSUBSCRIBE: u8 = 10;
@@ -38,6 +38,11 @@ pub mod prop {
     pub const SUBSCRIPTION_ID: u8 = 0x0B;
     pub const SESSION_EXPIRY: u8 = 0x11;
     pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const USER_PROPERTY: u8 = 0x26;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
 }
 
 /// Subscription options byte (v5 3.8.3.1; v3.1.1 uses only the QoS bits).
@@ -82,6 +87,24 @@ impl Props {
         self.0.extend_from_slice(&value.to_be_bytes());
         self
     }
+    pub fn u8(mut self, id: u8, value: u8) -> Props {
+        self.0.push(id);
+        self.0.push(value);
+        self
+    }
+    /// A UTF-8 string or binary data property.
+    pub fn str(mut self, id: u8, value: &str) -> Props {
+        self.0.push(id);
+        string(value, &mut self.0);
+        self
+    }
+    /// A user property.
+    pub fn pair(mut self, key: &str, value: &str) -> Props {
+        self.0.push(prop::USER_PROPERTY);
+        string(key, &mut self.0);
+        string(value, &mut self.0);
+        self
+    }
     pub fn var(mut self, id: u8, value: usize) -> Props {
         self.0.push(id);
         var_int(value, &mut self.0);
@@ -107,6 +130,9 @@ pub struct PublishProps {
     pub topic_alias: Option<u16>,
     pub subscription_ids: Vec<usize>,
     pub payload_format: Option<u8>,
+    /// Content type, response topic, correlation data and user properties, in the
+    /// order received, as `name=value`.
+    pub forwarded: Vec<String>,
 }
 
 /// A received PUBLISH.
@@ -122,7 +148,7 @@ pub struct Message {
 
 impl Message {
     /// `PUBLISH topic "payload" q1 retain dup`, plus the v5 properties that matter.
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         let mut line = format!(
             "PUBLISH {} {:?} q{}{}{}",
             self.topic,
@@ -139,6 +165,13 @@ impl Message {
         }
         if let Some(format) = self.props.payload_format {
             line += &format!(" format={format}");
+        }
+        // A broker may write properties in any order, but must keep the order of the
+        // user properties [MQTT-3.3.2-18]: sort by kind only (a stable sort).
+        let mut forwarded: Vec<&String> = self.props.forwarded.iter().collect();
+        forwarded.sort_by_key(|p| p.split(['=', '[']).next().unwrap_or(""));
+        for property in forwarded {
+            line += &format!(" {property}");
         }
         // The remaining expiry depends on when the broker sends it: the log says only
         // that it is there; scenarios check its value against what was published.
@@ -267,6 +300,8 @@ impl Conn {
                 "CONNACK session_present={} code={code:#04x}",
                 u8::from(session_present)
             )),
+            // Refused without a CONNACK: the scenario sees it in the log.
+            None => conn.note("closed without CONNACK".to_string()),
             other => panic!("{name}: expected CONNACK, got {other:?}"),
         }
         conn
@@ -518,17 +553,33 @@ impl Conn {
         retain: bool,
         props: &Props,
     ) -> Vec<u8> {
+        let packet_id = if qos > 0 { self.packet_id() } else { 0 };
+        self.publish_raw(topic, payload, qos, retain, false, packet_id, props)
+    }
+
+    /// The bytes of a PUBLISH with the given DUP flag and packet id (unused at QoS 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_raw(
+        &self,
+        topic: &str,
+        payload: &str,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        packet_id: u16,
+        props: &Props,
+    ) -> Vec<u8> {
         let mut body = Vec::new();
         string(topic, &mut body);
         if qos > 0 {
-            let id = self.packet_id();
-            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(&packet_id.to_be_bytes());
         }
         if self.version == 5 {
             props.encode(&mut body);
         }
         body.extend_from_slice(payload.as_bytes());
-        packet((PUBLISH << 4) | (qos << 1) | u8::from(retain), &body)
+        let flags = (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
+        packet((PUBLISH << 4) | flags, &body)
     }
 
     /// Publishes and completes the QoS flow, logging the acknowledgement's reason.
@@ -659,7 +710,8 @@ impl Conn {
     }
 }
 
-fn ack(kind: u8, packet_id: u16) -> Vec<u8> {
+/// PUBACK, PUBREC, PUBREL or PUBCOMP (packet type 4..=7) for `packet_id`.
+pub fn ack(kind: u8, packet_id: u16) -> Vec<u8> {
     let flags = if kind == PUBREL { 2 } else { 0 };
     packet((kind << 4) | flags, &packet_id.to_be_bytes())
 }
@@ -679,7 +731,14 @@ fn publish_props(mut bytes: &[u8]) -> PublishProps {
     let mut props = PublishProps::default();
     while let Some((&id, rest)) = bytes.split_first() {
         bytes = rest;
-        let skip_string = |b: &[u8]| 2 + usize::from(u16::from_be_bytes([b[0], b[1]]));
+        // A length-prefixed string or binary: (its text, the bytes it takes).
+        let take_string = |b: &[u8]| {
+            let len = usize::from(u16::from_be_bytes([b[0], b[1]]));
+            (
+                String::from_utf8_lossy(&b[2..2 + len]).into_owned(),
+                2 + len,
+            )
+        };
         match id {
             prop::PAYLOAD_FORMAT => {
                 props.payload_format = Some(bytes[0]);
@@ -698,12 +757,22 @@ fn publish_props(mut bytes: &[u8]) -> PublishProps {
                 props.subscription_ids.push(value);
                 bytes = &bytes[used..];
             }
-            // Response topic, correlation data, content type: strings / binary.
-            0x08 | 0x09 | 0x03 => bytes = &bytes[skip_string(bytes)..],
-            // User property: a string pair.
-            0x26 => {
-                bytes = &bytes[skip_string(bytes)..];
-                bytes = &bytes[skip_string(bytes)..];
+            prop::CONTENT_TYPE | prop::RESPONSE_TOPIC | prop::CORRELATION_DATA => {
+                let (text, used) = take_string(bytes);
+                let name = match id {
+                    prop::CONTENT_TYPE => "content_type",
+                    prop::RESPONSE_TOPIC => "response_topic",
+                    _ => "correlation_data",
+                };
+                props.forwarded.push(format!("{name}={text:?}"));
+                bytes = &bytes[used..];
+            }
+            prop::USER_PROPERTY => {
+                let (key, used) = take_string(bytes);
+                bytes = &bytes[used..];
+                let (value, used) = take_string(bytes);
+                bytes = &bytes[used..];
+                props.forwarded.push(format!("user[{key:?}]={value:?}"));
             }
             other => panic!("unexpected PUBLISH property {other:#04x}"),
         }
