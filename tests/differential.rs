@@ -723,7 +723,7 @@ fn mqtt_3_3_2_differential_v5_publish_properties_are_forwarded_unaltered() {
     assert!(log.contains(&want.to_string()), "{log:#?}");
 }
 
-fn connect_edge_cases(port: u16, v: u8) -> Vec<String> {
+fn empty_client_id(port: u16, v: u8) -> Vec<String> {
     let mut log = Vec::new();
     if v == 4 {
         // v3.1.1: an empty client id needs clean session 1, else CONNACK 0x02 and the
@@ -737,29 +737,41 @@ fn connect_edge_cases(port: u16, v: u8) -> Vec<String> {
         // is the broker's own and not logged). v5 would also let a broker refuse it
         // (CONNACK 0x85, [MQTT-3.1.3-8]); docs/broker.md promises assignment, and
         // Mosquitto assigns.
-        let empty = connect(v, "").clean(false);
-        log.extend(Conn::open(port, "empty id, clean 0", empty).disconnect(None));
+        for clean in [false, true] {
+            let name = format!("empty id, clean {}", u8::from(clean));
+            let empty = connect(v, "").clean(clean);
+            log.extend(Conn::open(port, &name, empty).disconnect(None));
+        }
     }
-    // An unknown protocol level: CONNACK 0x01 (v3.1.1) and close [MQTT-3.1.2-2].
+    log
+}
+
+#[test]
+fn mqtt_3_1_3_8_differential_v311_empty_client_id_needs_clean_session_else_connack_0x02() {
+    let log = same_on_both(empty_client_id, 4);
+    assert!(log.contains(&"empty id, clean 0: CONNACK session_present=0 code=0x02".to_string()));
+}
+
+#[test]
+fn mqtt_3_1_3_6_differential_v5_empty_client_id_is_assigned_with_or_without_clean_start() {
+    same_on_both(empty_client_id, 5);
+}
+
+fn unknown_protocol_level(port: u16, _: u8) -> Vec<String> {
     let level_6 = Connect {
         version: 6,
         ..Connect::v3("d-level-6")
     };
     let mut future = Conn::open(port, "level 6", level_6);
     future.until_closed();
-    log.extend(std::mem::take(&mut future.log));
-    log
+    std::mem::take(&mut future.log)
 }
 
 #[test]
-fn mqtt_3_1_differential_v311_connect_empty_client_id_and_unknown_protocol_level() {
-    let log = same_on_both(connect_edge_cases, 4);
-    assert!(log.contains(&"empty id, clean 0: CONNACK session_present=0 code=0x02".to_string()));
-}
-
-#[test]
-fn mqtt_3_1_differential_v5_connect_empty_client_id_and_unknown_protocol_level() {
-    same_on_both(connect_edge_cases, 5);
+fn mqtt_3_1_2_2_differential_unknown_protocol_level_gets_connack_0x01_then_close() {
+    // v3.1.1 [MQTT-3.1.2-2]: CONNACK 0x01 (unacceptable protocol level), then close.
+    let log = same_on_both(unknown_protocol_level, 4);
+    assert!(log.contains(&"level 6: CONNACK session_present=0 code=0x01".to_string()));
 }
 
 fn shared_subscription(port: u16, v: u8) -> Vec<String> {
