@@ -43,6 +43,7 @@ pub mod prop {
     pub const CORRELATION_DATA: u8 = 0x09;
     pub const USER_PROPERTY: u8 = 0x26;
     pub const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 }
 
 /// Subscription options byte (v5 3.8.3.1; v3.1.1 uses only the QoS bits).
@@ -473,10 +474,8 @@ impl Conn {
             .unwrap_or_else(|| panic!("{}: closed while waiting for {what}", self.name))
     }
 
-    /// SUBSCRIBE with (filter, options) pairs; logs the SUBACK's codes. Retained
-    /// messages the broker sends before its SUBACK (v5 allows that) are logged after it,
-    /// with the deliveries, by `until`.
-    pub fn subscribe(&mut self, filters: &[(&str, u8)], props: Props) -> Vec<u8> {
+    /// The bytes of a SUBSCRIBE with (filter, options) pairs (none: a protocol error).
+    pub fn subscribe_bytes(&mut self, filters: &[(&str, u8)], props: &Props) -> Vec<u8> {
         let id = self.packet_id();
         let mut body = id.to_be_bytes().to_vec();
         if self.version == 5 {
@@ -486,7 +485,15 @@ impl Conn {
             string(filter, &mut body);
             body.push(*options);
         }
-        self.send(&packet((SUBSCRIBE << 4) | 2, &body));
+        packet((SUBSCRIBE << 4) | 2, &body)
+    }
+
+    /// SUBSCRIBE with (filter, options) pairs; logs the SUBACK's codes. Retained
+    /// messages the broker sends before its SUBACK (v5 allows that) are logged after it,
+    /// with the deliveries, by `until`.
+    pub fn subscribe(&mut self, filters: &[(&str, u8)], props: Props) -> Vec<u8> {
+        let bytes = self.subscribe_bytes(filters, &props);
+        self.send(&bytes);
         match self.expect("SUBACK") {
             Packet::SubAck { codes } => {
                 let shown: Vec<String> = codes.iter().map(|c| format!("{c:#04x}")).collect();
@@ -500,16 +507,8 @@ impl Conn {
     /// SUBSCRIBE where the broker may answer with a SUBACK or by closing the
     /// connection (after a DISCONNECT in v5); logs whichever it does.
     pub fn subscribe_or_close(&mut self, filters: &[(&str, u8)]) {
-        let id = self.packet_id();
-        let mut body = id.to_be_bytes().to_vec();
-        if self.version == 5 {
-            Props::new().encode(&mut body);
-        }
-        for (filter, options) in filters {
-            string(filter, &mut body);
-            body.push(*options);
-        }
-        self.send(&packet((SUBSCRIBE << 4) | 2, &body));
+        let bytes = self.subscribe_bytes(filters, &Props::new());
+        self.send(&bytes);
         match self.pump() {
             Some(Packet::SubAck { codes }) => {
                 let shown: Vec<String> = codes.iter().map(|c| format!("{c:#04x}")).collect();
@@ -520,6 +519,23 @@ impl Conn {
                 self.until_closed();
             }
             Some(other) => panic!("{}: expected SUBACK, got {other:?}", self.name),
+            None => self.note("closed".to_string()),
+        }
+    }
+
+    /// Logs the broker's answer to something the script sent: the next packet that is
+    /// not a delivery, or, when it closes the connection, its DISCONNECT and the close.
+    pub fn answer(&mut self) {
+        match self.pump() {
+            Some(Packet::SubAck { codes }) => {
+                let shown: Vec<String> = codes.iter().map(|c| format!("{c:#04x}")).collect();
+                self.note(format!("SUBACK [{}]", shown.join(", ")));
+            }
+            Some(Packet::Disconnect { code }) => {
+                self.note(format!("DISCONNECT {code:#04x}"));
+                self.until_closed();
+            }
+            Some(other) => self.note(format!("{other:?}")),
             None => self.note("closed".to_string()),
         }
     }
