@@ -848,6 +848,10 @@ fn broken_packets(port: u16, v: u8) -> Vec<String> {
     case("reserved option bits", &|c| {
         c.subscribe_bytes(&[("bp/x", 0xC1)], &Props::new())
     });
+    // Requested QoS 3: v3.1.1 malformed [MQTT-3-8.3-4], v5 a protocol error (3.8.3.1).
+    case("requested qos 3", &|c| {
+        c.subscribe_bytes(&[("bp/x", 3)], &Props::new())
+    });
     // A SUBSCRIBE without any filter: a protocol error by the text of 3.8.3, which
     // both brokers answer as malformed (0x81); only the close is checked beyond
     // their agreeing.
