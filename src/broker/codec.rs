@@ -349,9 +349,6 @@ pub enum ProtocolViolation {
     /// too, as [MQTT-3.1.3-6] lets a server).
     #[error("empty client id without clean session")]
     ClientIdRejected,
-    /// A v5 topic alias that is 0 or unusable.
-    #[error("invalid topic alias: {0}")]
-    TopicAlias(String),
     /// The payload format indicator says UTF-8 and the payload is not.
     #[error("payload format invalid: {0}")]
     PayloadFormat(String),
@@ -367,7 +364,6 @@ impl ProtocolViolation {
             ProtocolViolation::UnsupportedVersion => reason::UNSUPPORTED_PROTOCOL_VERSION,
             ProtocolViolation::TopicName(_) => reason::TOPIC_NAME_INVALID,
             ProtocolViolation::ClientIdRejected => reason::CLIENT_ID_NOT_VALID,
-            ProtocolViolation::TopicAlias(_) => reason::TOPIC_ALIAS_INVALID,
             ProtocolViolation::PayloadFormat(_) => reason::PAYLOAD_FORMAT_INVALID,
         }
     }
@@ -509,29 +505,30 @@ impl Codec {
                 v3_version => State::V3(v3::Codec::new(self.max_packet_size), v3_version),
             };
         }
+        if matches!(self.state, State::V3(..))
+            && buf[0] == 0x82
+            && v3_subscribe_reserved_bits(&buf[..size as usize])
+        {
+            return Err(ProtocolViolation::Malformed(
+                "reserved bits set in a requested qos [MQTT-3.8.3-4]".into(),
+            ));
+        }
         let packet = match &mut self.state {
             State::Handshake => unreachable!("set above"),
             State::V3(codec, version) => match codec.decode(buf).map_err(malformed)? {
                 Some((packet, _)) => from_v3(packet, *version)?,
                 None => return Ok(None),
             },
-            State::V5(codec) => {
-                if buf[0] >> 4 == 3 && v5_topic_alias_zero(&buf[..size as usize]) {
-                    return Err(ProtocolViolation::TopicAlias(
-                        "topic alias 0 [MQTT-3.3.2-8]".into(),
-                    ));
-                }
-                match codec.decode(buf).map_err(malformed)? {
-                    Some((packet, _)) => match from_v5(packet)? {
-                        Packet::Connect(mut connect) if empty_id_for_the_crate => {
-                            connect.clean_start = false;
-                            Packet::Connect(connect)
-                        }
-                        packet => packet,
-                    },
-                    None => return Ok(None),
-                }
-            }
+            State::V5(codec) => match codec.decode(buf).map_err(malformed)? {
+                Some((packet, _)) => match from_v5(packet)? {
+                    Packet::Connect(mut connect) if empty_id_for_the_crate => {
+                        connect.clean_start = false;
+                        Packet::Connect(connect)
+                    }
+                    packet => packet,
+                },
+                None => return Ok(None),
+            },
         };
         Ok(Some(packet))
     }
@@ -685,43 +682,19 @@ fn allow_v5_empty_client_id(frame: &mut [u8]) -> bool {
     }
 }
 
-/// Whether a whole v5 PUBLISH carries topic alias 0, which the crate reports only as
-/// a malformed packet and the specification answers with 0x94 [MQTT-3.3.2-8].
-fn v5_topic_alias_zero(frame: &[u8]) -> bool {
+/// Whether a whole v3 SUBSCRIBE sets a reserved bit in a requested QoS byte, which
+/// makes it malformed [MQTT-3.8.3-4 in 3.1.1]; the crate masks those bits away.
+fn v3_subscribe_reserved_bits(frame: &[u8]) -> bool {
     let scan = || -> Option<bool> {
         let (_, header) = varint(frame.get(1..)?)?;
-        let mut at = 1 + header;
-        let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
-        at += 2 + topic_len;
-        if frame[0] & 0b0110 != 0 {
-            at += 2; // packet id
-        }
-        let (props_len, props_header) = varint(frame.get(at..)?)?;
-        at += props_header;
-        let end = at.checked_add(props_len)?;
-        let props = frame.get(at..end)?;
-        let mut i = 0;
-        while i < props.len() {
-            let id = props[i];
-            i += 1;
-            let two = |i: usize| -> Option<usize> {
-                Some(usize::from(u16::from_be_bytes([
-                    *props.get(i)?,
-                    *props.get(i + 1)?,
-                ])))
-            };
-            i += match id {
-                0x01 => 1,
-                0x02 => 4,
-                0x03 | 0x08 | 0x09 => 2 + two(i)?,
-                0x0B => varint(props.get(i..)?)?.1,
-                0x23 => return Some(two(i)? == 0),
-                0x26 => {
-                    let key = 2 + two(i)?;
-                    key + 2 + two(i + key)?
-                }
-                _ => return None,
-            };
+        let mut at = 1 + header + 2; // fixed header, packet id
+        while at < frame.len() {
+            let len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+            at += 2 + len;
+            if frame.get(at)? & 0b1111_1100 != 0 {
+                return Some(true);
+            }
+            at += 1;
         }
         Some(false)
     };
@@ -1382,15 +1355,20 @@ mod tests {
     }
 
     #[test]
-    fn topic_alias_0_and_a_false_utf8_claim_have_their_own_reason_codes() {
-        // v5 PUBLISH "a", QoS 0, properties: topic alias (0x23) 0.
+    fn alias_0_reserved_subscribe_bits_and_a_false_utf8_claim() {
+        // v5 PUBLISH "a", QoS 0, properties: topic alias (0x23) 0 is malformed, as
+        // Mosquitto has it (the specification names no code for it).
         let alias_zero = [CONNECT_5, b"\x30\x07\x00\x01a\x03\x23\x00\x00"].concat();
         let violation = decode_all(&alias_zero).unwrap_err();
-        assert_eq!(
-            violation.reason_code(),
-            reason::TOPIC_ALIAS_INVALID,
-            "{violation}"
-        );
+        assert_eq!(violation.reason_code(), reason::MALFORMED, "{violation}");
+        // v3.1.1 SUBSCRIBE "a" asking for 0x05: reserved bits, malformed.
+        let reserved = after_connect(b"\x82\x06\x00\x01\x00\x01a\x05");
+        assert!(matches!(
+            decode_all(&reserved),
+            Err(ProtocolViolation::Malformed(_))
+        ));
+        let fine = after_connect(b"\x82\x06\x00\x01\x00\x01a\x01");
+        assert_eq!(decode_all(&fine).unwrap().len(), 2);
         // Alias 1 is fine.
         let alias_one = [CONNECT_5, b"\x30\x07\x00\x01a\x03\x23\x00\x01"].concat();
         assert_eq!(decode_all(&alias_one).unwrap().len(), 2);
