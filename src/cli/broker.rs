@@ -78,7 +78,7 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
 
 /// A broker holds one descriptor per client: lift the soft limit to the hard one, as
 /// DESIGN.md asks (Mosquitto leaves this to systemd's LimitNOFILE).
-fn raise_open_file_limit() {
+pub(super) fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut limit = libc::rlimit {

@@ -1,6 +1,7 @@
 //! The command line: parses arguments without touching the system, sets up logging,
 //! then runs one command. `anyhow` lives here and in `main.rs` only.
 
+mod bench;
 mod broker;
 mod check;
 mod graph;
@@ -77,6 +78,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the flow file format (for editor autocompletion)
     Schema,
+    /// Measure Headwater against the software it replaces (see docs/benchmarks.md)
+    Bench {
+        /// What to measure
+        #[command(subcommand)]
+        target: bench::BenchTarget,
+    },
 }
 
 /// Parses the arguments, runs the command, and turns its result into an exit code:
@@ -103,6 +110,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Broker { args } => broker::broker(&args, cli.data_dir),
         Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
         Command::Graph { files, format } => graph::graph(&files, format),
+        Command::Bench { target } => bench::bench(target),
         Command::Schema => {
             let schema = crate::flow::schema::flow_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

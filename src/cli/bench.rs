@@ -1,0 +1,469 @@
+//! `headwater bench`: load generators that measure Headwater against the software it
+//! replaces. `bench broker` runs MQTT workloads against the built-in broker and against
+//! Mosquitto, each workload on a fresh process of each, and prints both figures and
+//! their ratio. See docs/benchmarks.md for the method and the recorded results.
+
+mod brokers;
+mod client;
+mod workloads;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rmqtt_codec::types::QoS;
+
+use brokers::{BrokerKind, BrokerProcess, Executables};
+use workloads::{Load, Measured};
+
+/// What `headwater bench` measures.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchTarget {
+    /// Compare the MQTT broker with Mosquitto: throughput, latency, memory per connection
+    Broker(BrokerBenchArgs),
+}
+
+/// Options of `headwater bench broker`.
+#[derive(Debug, clap::Args)]
+pub struct BrokerBenchArgs {
+    /// Workloads to run, comma-separated or repeated [default: all]
+    #[arg(
+        long = "workload",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub workloads: Vec<Workload>,
+    /// Which brokers to run each workload against
+    #[arg(long, value_enum, default_value_t = Brokers::Both)]
+    pub brokers: Brokers,
+    /// Times each comparison is repeated (the broker order alternates between runs)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub runs: u32,
+    /// Messages published by each throughput workload [default: fan-in-qos0 1000000,
+    /// qos1-durable 300000, fan-out-qos0 20000 (each to every subscriber)]
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Payload size in bytes (at least 8: the send time travels in the first 8)
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub payload: usize,
+    /// Publishers of fan-in-qos0 and qos1-durable
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub publishers: usize,
+    /// Subscribers of fan-out-qos0
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub subscribers: usize,
+    /// Most messages published and not yet received by the slowest subscriber; keep it
+    /// below the brokers' queue limit (1000 per client) so nothing is dropped
+    #[arg(long, default_value_t = 900, value_name = "N")]
+    pub window: u64,
+    /// Most unacknowledged QoS 1 publishes per publisher in qos1-durable
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub inflight: u16,
+    /// Messages per second of the latency workload
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub rate: u32,
+    /// Seconds the latency workload runs at each QoS
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub duration: u64,
+    /// Idle connections opened by idle-memory
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub connections: usize,
+    /// Connect idle-memory clients from 127.0.0.1 ..= 127.0.0.N, when one address runs
+    /// short of ephemeral ports
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub source_addresses: u8,
+    /// Seconds without a message after which a run stops and reports what was lost
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub quiet: u64,
+    /// The headwater executable to measure [default: this one]
+    #[arg(long, value_name = "PATH")]
+    pub headwater: Option<PathBuf>,
+    /// The mosquitto executable
+    #[arg(long, default_value = "/usr/sbin/mosquitto", value_name = "PATH")]
+    pub mosquitto: PathBuf,
+    /// Mosquitto's max_queued_messages (Headwater keeps its default, 1000)
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub mosquitto_max_queued: usize,
+    /// Set Mosquitto's set_tcp_nodelay, as Headwater always does (Mosquitto's default: off)
+    #[arg(long)]
+    pub mosquitto_nodelay: bool,
+    /// Record `perf record -g` of Headwater during each workload into DIR
+    #[arg(long, value_name = "DIR")]
+    pub perf: Option<PathBuf>,
+    /// Print the results as JSON (one array) instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// 10 publishers -> 1 subscriber, QoS 0; messages received per second
+    #[value(name = "fan-in-qos0")]
+    FanInQos0,
+    /// 10 publishers at QoS 1 -> 1 persistent QoS 1 subscriber, brokers durable;
+    /// messages received per second
+    #[value(name = "qos1-durable")]
+    Qos1Durable,
+    /// 1 publisher -> 100 subscribers, QoS 0; deliveries per second
+    #[value(name = "fan-out-qos0")]
+    FanOutQos0,
+    /// 1 publisher at a fixed rate -> 1 subscriber, QoS 0 and QoS 1; p50, p99, max
+    #[value(name = "latency")]
+    Latency,
+    /// 10000 connections that connect and idle; broker RSS growth per connection
+    #[value(name = "idle-memory")]
+    IdleMemory,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::FanInQos0,
+        Workload::Qos1Durable,
+        Workload::FanOutQos0,
+        Workload::Latency,
+        Workload::IdleMemory,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::FanInQos0 => "fan-in-qos0",
+            Workload::Qos1Durable => "qos1-durable",
+            Workload::FanOutQos0 => "fan-out-qos0",
+            Workload::Latency => "latency",
+            Workload::IdleMemory => "idle-memory",
+        }
+    }
+
+    /// One line saying what the workload does with these options.
+    fn describe(self, load: &Load) -> String {
+        let messages = |default| load.messages.unwrap_or(default);
+        match self {
+            Workload::FanInQos0 => format!(
+                "{} publishers -> 1 subscriber, QoS 0, {}-byte payloads, {} messages, window {}",
+                load.publishers,
+                load.payload,
+                messages(workloads::FAN_IN_MESSAGES),
+                load.window
+            ),
+            Workload::Qos1Durable => format!(
+                "{} publishers (QoS 1, {} unacknowledged each) -> 1 persistent QoS 1 subscriber, \
+                 {}-byte payloads, {} messages, window {}",
+                load.publishers,
+                load.inflight,
+                load.payload,
+                messages(workloads::QOS1_MESSAGES),
+                load.window
+            ),
+            Workload::FanOutQos0 => format!(
+                "1 publisher -> {} subscribers, QoS 0, {}-byte payloads, {} messages, window {}",
+                load.subscribers,
+                load.payload,
+                messages(workloads::FAN_OUT_MESSAGES),
+                load.window
+            ),
+            Workload::Latency => format!(
+                "1 publisher at {} msg/s -> 1 subscriber, {} s at QoS 0 then {} s at QoS 1 \
+                 (persistent subscriber)",
+                load.rate,
+                load.duration.as_secs(),
+                load.duration.as_secs()
+            ),
+            Workload::IdleMemory => format!(
+                "{} connections (CONNECT, CONNACK, idle 2 s); RSS growth / connections",
+                load.connections
+            ),
+        }
+    }
+
+    async fn run(self, broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
+        match self {
+            Workload::FanInQos0 => workloads::fan_in(broker, load, QoS::AtMostOnce).await,
+            Workload::Qos1Durable => workloads::fan_in(broker, load, QoS::AtLeastOnce).await,
+            Workload::FanOutQos0 => workloads::fan_out(broker, load).await,
+            Workload::Latency => workloads::latency(broker, load).await,
+            Workload::IdleMemory => workloads::idle_memory(broker, load).await,
+        }
+    }
+}
+
+/// Which brokers to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Brokers {
+    /// Headwater and Mosquitto, with their ratio
+    Both,
+    /// Headwater alone
+    Headwater,
+    /// Mosquitto alone
+    Mosquitto,
+}
+
+/// One workload's comparison in one run.
+struct Comparison {
+    workload: Workload,
+    run: u32,
+    /// /proc/loadavg when the run started: the generator shares the machine with the
+    /// brokers, and anything else running skews both.
+    load_average: String,
+    headwater: Option<Measured>,
+    mosquitto: Option<Measured>,
+}
+
+/// Runs `bench`.
+pub fn bench(target: BenchTarget) -> anyhow::Result<ExitCode> {
+    match target {
+        BenchTarget::Broker(args) => broker(args),
+    }
+}
+
+fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
+    let load = Load {
+        messages: args.messages,
+        payload: args.payload.max(8),
+        publishers: args.publishers.max(1),
+        subscribers: args.subscribers.max(1),
+        window: args.window.max(1),
+        inflight: args.inflight.max(1),
+        rate: args.rate.max(1),
+        duration: Duration::from_secs(args.duration.max(1)),
+        connections: args.connections,
+        source_addresses: args.source_addresses,
+        quiet: Duration::from_secs(args.quiet.max(1)),
+    };
+    let exe = Executables {
+        headwater: match &args.headwater {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("cannot find this executable")?,
+        },
+        mosquitto: args.mosquitto.clone(),
+        mosquitto_max_queued: args.mosquitto_max_queued,
+        mosquitto_nodelay: args.mosquitto_nodelay,
+    };
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    if let Some(dir) = &args.perf {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // The idle-memory clients hold one descriptor each.
+    super::broker::raise_open_file_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench")
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut comparisons = Vec::new();
+    runtime.block_on(async {
+        for &workload in &workloads {
+            for run in 1..=args.runs.max(1) {
+                let comparison = compare(workload, run, &args, &exe, &load).await?;
+                if !args.json {
+                    print_table(&comparison, &load, args.runs.max(1));
+                }
+                comparisons.push(comparison);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&comparisons))?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `workload` on a fresh process of each broker, one after the other; even runs
+/// start with Mosquitto so neither always runs on the warmer machine.
+async fn compare(
+    workload: Workload,
+    run: u32,
+    args: &BrokerBenchArgs,
+    exe: &Executables,
+    load: &Load,
+) -> anyhow::Result<Comparison> {
+    let mut kinds = match args.brokers {
+        Brokers::Both => vec![BrokerKind::Headwater, BrokerKind::Mosquitto],
+        Brokers::Headwater => vec![BrokerKind::Headwater],
+        Brokers::Mosquitto => vec![BrokerKind::Mosquitto],
+    };
+    if run.is_multiple_of(2) {
+        kinds.reverse();
+    }
+    let mut comparison = Comparison {
+        workload,
+        run,
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|text| {
+                text.split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
+        headwater: None,
+        mosquitto: None,
+    };
+    for kind in kinds {
+        let broker = BrokerProcess::start(kind, exe).await?;
+        let profile = match (&args.perf, kind) {
+            (Some(dir), BrokerKind::Headwater) => Some(Profile::start(
+                dir.join(format!("{}-run{run}.data", workload.name())),
+                broker.pid(),
+            )?),
+            _ => None,
+        };
+        let measured = workload
+            .run(&broker, load)
+            .await
+            .with_context(|| format!("{} on {kind}", workload.name()))?;
+        if let Some(profile) = profile {
+            profile.stop();
+        }
+        drop(broker);
+        match kind {
+            BrokerKind::Headwater => comparison.headwater = Some(measured),
+            BrokerKind::Mosquitto => comparison.mosquitto = Some(measured),
+        }
+    }
+    Ok(comparison)
+}
+
+/// `perf record -g` attached to one process.
+struct Profile {
+    child: Child,
+}
+
+impl Profile {
+    fn start(output: PathBuf, pid: u32) -> anyhow::Result<Profile> {
+        let child = Command::new("perf")
+            .args(["record", "-g", "-o"])
+            .arg(&output)
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start perf (apt-get install linux-perf)")?;
+        // perf creates its output once attached; wait for that, bounded.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !output.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Profile { child })
+    }
+
+    /// Stops recording (SIGINT, as perf expects) and waits for the file to be written.
+    fn stop(mut self) {
+        // SAFETY: kill only sends a signal to the child we started.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `value` in its unit, compactly.
+fn format_value(value: f64, unit: &str) -> String {
+    match unit {
+        "msg/s" if value >= 1e6 => format!("{:.2} M", value / 1e6),
+        "msg/s" if value >= 1e3 => format!("{:.1} k", value / 1e3),
+        "MiB" => format!("{value:.1}"),
+        _ => format!("{value:.0}"),
+    }
+}
+
+fn print_table(comparison: &Comparison, load: &Load, runs: u32) {
+    let workload = comparison.workload;
+    println!(
+        "\n{} (run {} of {runs}, load average {}): {}",
+        workload.name(),
+        comparison.run,
+        comparison.load_average,
+        workload.describe(load)
+    );
+    let reference = comparison
+        .headwater
+        .as_ref()
+        .or(comparison.mosquitto.as_ref());
+    let Some(reference) = reference else { return };
+    println!(
+        "  {:<34} {:>12} {:>12} {:>8}  better",
+        "metric", "headwater", "mosquitto", "hw/mq"
+    );
+    for (i, metric) in reference.metrics.iter().enumerate() {
+        let value =
+            |m: &Option<Measured>| m.as_ref().and_then(|m| m.metrics.get(i)).map(|m| m.value);
+        let headwater = value(&comparison.headwater);
+        let mosquitto = value(&comparison.mosquitto);
+        let shown = |v: Option<f64>| v.map_or("-".into(), |v| format_value(v, metric.unit));
+        let ratio = match (headwater, mosquitto) {
+            (Some(h), Some(m)) if m > 0.0 => format!("{:.2}x", h / m),
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<34} {:>12} {:>12} {:>8}  {}",
+            format!("{} ({})", metric.name, metric.unit),
+            shown(headwater),
+            shown(mosquitto),
+            ratio,
+            if metric.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            }
+        );
+    }
+    for (kind, measured) in [
+        ("headwater", &comparison.headwater),
+        ("mosquitto", &comparison.mosquitto),
+    ] {
+        for note in measured.iter().flat_map(|m| &m.notes) {
+            println!("  note ({kind}): {note}");
+        }
+    }
+}
+
+fn to_json(comparisons: &[Comparison]) -> serde_json::Value {
+    let side = |measured: &Option<Measured>| {
+        measured.as_ref().map(|m| {
+            serde_json::json!({
+                "metrics": m.metrics.iter().map(|metric| serde_json::json!({
+                    "name": metric.name,
+                    "unit": metric.unit,
+                    "value": metric.value,
+                    "higher_is_better": metric.higher_is_better,
+                })).collect::<Vec<_>>(),
+                "notes": m.notes,
+            })
+        })
+    };
+    comparisons
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "workload": c.workload.name(),
+                "run": c.run,
+                "load_average": c.load_average,
+                "headwater": side(&c.headwater),
+                "mosquitto": side(&c.mosquitto),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_printed_in_their_unit() {
+        assert_eq!(format_value(1_234_567.0, "msg/s"), "1.23 M");
+        assert_eq!(format_value(412_345.0, "msg/s"), "412.3 k");
+        assert_eq!(format_value(999.0, "msg/s"), "999");
+        assert_eq!(format_value(12.345, "MiB"), "12.3");
+        assert_eq!(format_value(3071.6, "bytes"), "3072");
+    }
+}
