@@ -766,31 +766,48 @@ impl Connection {
             }
             _ => None,
         };
+        // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
+        if qos == Qos::AtMostOnce && !ops.is_empty() {
+            shared.store.commit_lazy(std::mem::take(&mut ops));
+        }
+        // Deliveries at QoS 0 and 1 go out now, before the commit: at worst a crash
+        // before it makes the publisher resend (no PUBACK yet) and a QoS 1 subscriber
+        // see a duplicate, which QoS 1 allows; the fsync stays out of their latency.
+        // A QoS 2 delivery waits, or that resend would be a second copy of a message
+        // delivered exactly once.
+        let (later, now): (Vec<_>, Vec<_>) = deliveries
+            .into_iter()
+            .partition(|(_, queued)| queued.qos == Qos::ExactlyOnce);
         let after = After {
             replies: reply,
-            deliveries,
+            deliveries: later,
             on_error,
             // A QoS 2 publish counts against the receive maximum until PUBCOMP
             // [MQTT-4.9.0-2]; see `on_pubrel`.
             inbound_done: qos == Qos::AtLeastOnce,
         };
-        // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
-        if qos == Qos::AtMostOnce && !ops.is_empty() {
-            shared.store.commit_lazy(std::mem::take(&mut ops));
+        if !(ops.is_empty() && after.replies.is_empty() && after.deliveries.is_empty()) {
+            // Queues the commit first: see `after_commit`.
+            self.after_commit(ops, after);
         }
-        self.after_commit(ops, after);
+        if !now.is_empty() {
+            for wake in self.broker.state().apply(now) {
+                wake.notify_one();
+            }
+        }
         Ok(())
     }
 
     /// Queues `after` behind a durable commit of `ops` (none when empty), in order
     /// with everything queued before.
     fn after_commit(&mut self, ops: Vec<Op>, after: After) {
-        let store = self.broker.shared.store.clone();
+        // Queued in the store now, so a delivery handed over before the commit lands
+        // (see `on_publish`) cannot have its acknowledgement's delete overtake it.
+        let commit = (!ops.is_empty()).then(|| self.broker.shared.store.commit_queued(ops));
         self.pending.push_back(Box::pin(async move {
-            let result = if ops.is_empty() {
-                Ok(())
-            } else {
-                store.commit(ops).await
+            let result = match commit {
+                Some(commit) => commit.await,
+                None => Ok(()),
             };
             (result, after)
         }));

@@ -254,13 +254,26 @@ impl Store {
     /// that does not withdraw it. An empty `ops` is a barrier: it returns once everything
     /// submitted before it, lazy commits included, is durable.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.commit_queued(ops).await
+    }
+
+    /// [`Store::commit`], except that the request is queued before this returns, so it
+    /// is ordered before anything submitted afterwards (a lazy delete of the same key,
+    /// say) even if the returned future is polled late.
+    pub fn commit_queued(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, wait) = oneshot::channel();
-        self.submit(Request::Commit {
+        let submitted = self.submit(Request::Commit {
             ops,
             done: Some(done),
-        })?;
-        // The writer completes every waiter; a dropped completion means it ended first.
-        wait.await.map_err(|_| StoreError::Closed)?
+        });
+        async move {
+            submitted?;
+            // The writer completes every waiter; a dropped completion means it ended first.
+            wait.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Applies `ops` in the next batch without waiting and without forcing an fsync; they
