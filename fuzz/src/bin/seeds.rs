@@ -4,8 +4,9 @@
 //!   prefixed by the two control bytes `decode_stream` reads first;
 //! - `corpus/decode_record/`: stored message records from `encode_record`.
 //!
-//! Run from `fuzz/`: `cargo run --bin seeds`. Files are named `seed-*` so they can
-//! be told apart from what libFuzzer adds.
+//! Run from `fuzz/`: `cargo +nightly fuzz build seeds`, then
+//! `./target/x86_64-unknown-linux-gnu/release/seeds`. Files are named `seed-*` so
+//! they can be told apart from what libFuzzer adds.
 
 use std::fs;
 use std::num::{NonZeroU16, NonZeroU32};
