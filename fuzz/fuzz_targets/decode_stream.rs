@@ -91,12 +91,10 @@ impl<'a> Chunks<'a> {
 fn check_packet(codec: &mut Codec, packet: Packet) {
     if let Packet::Connect(connect) = &packet {
         assert_eq!(codec.version(), Some(connect.version));
-        // What the connection does right after CONNECT, except for one known finding
-        // (docs/fuzzing.md): below 12 bytes, rmqtt-codec 0.3.1 underflows while sizing
-        // a v5 PUBACK/PUBREC/PUBREL/PUBCOMP, which panics with overflow checks on. The
-        // clamp lets a run go on past it; remove it once that is fixed, and
-        // corpus/decode_stream/seed-crash-v5-ack-max-packet-size-1 finds it again.
-        codec.set_max_outgoing(connect.max_packet_size.map(|max| max.max(12)));
+        // What the connection does right after CONNECT. A limit under 12 bytes used
+        // to underflow inside rmqtt-codec (docs/fuzzing.md); the codec now checks the
+        // limit itself, and seed-crash-v5-ack-max-packet-size-1 keeps it honest.
+        codec.set_max_outgoing(connect.max_packet_size);
     }
     let version = codec.version().expect("a packet decoded before connect");
     let mut out = BytesMut::new();

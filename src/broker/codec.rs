@@ -494,9 +494,7 @@ impl Codec {
         // Mosquitto assigns an id then, and so do we.
         let mut empty_id_for_the_crate = false;
         if let State::Handshake = self.state {
-            let Some(version) = detect_version(buf)? else {
-                return Ok(None);
-            };
+            let version = detect_version(&buf[..size as usize])?;
             self.state = match version {
                 Version::V5 => {
                     empty_id_for_the_crate = allow_v5_empty_client_id(buf);
@@ -612,25 +610,20 @@ fn remaining_length(bytes: &[u8]) -> Result<Option<(u32, usize)>, ProtocolViolat
 }
 
 /// The protocol version from a (possibly partial) CONNECT at the start of `buf`.
-fn detect_version(buf: &[u8]) -> Result<Option<Version>, ProtocolViolation> {
-    let Some((_, header)) = remaining_length(&buf[1..])? else {
-        return Ok(None);
-    };
+fn detect_version(frame: &[u8]) -> Result<Version, ProtocolViolation> {
+    // `frame` is the whole CONNECT: what does not fit in it is malformed, not "more
+    // bytes needed" (found by fuzzing: a short CONNECT used to wait for its timeout).
+    let short = || ProtocolViolation::Malformed("connect too short for its protocol name".into());
+    let (_, header) = remaining_length(&frame[1..])?.ok_or_else(short)?;
     let at = 1 + header;
-    let Some(name_len) = buf.get(at..at + 2) else {
-        return Ok(None);
-    };
+    let name_len = frame.get(at..at + 2).ok_or_else(short)?;
     let name_len = u16::from_be_bytes([name_len[0], name_len[1]]) as usize;
-    let Some(name) = buf.get(at + 2..at + 2 + name_len) else {
-        return Ok(None);
-    };
-    let Some(&level) = buf.get(at + 2 + name_len) else {
-        return Ok(None);
-    };
+    let name = frame.get(at + 2..at + 2 + name_len).ok_or_else(short)?;
+    let level = *frame.get(at + 2 + name_len).ok_or_else(short)?;
     match (name, level) {
-        (b"MQIsdp", 3) => Ok(Some(Version::V31)),
-        (b"MQTT", 4) => Ok(Some(Version::V311)),
-        (b"MQTT", 5) => Ok(Some(Version::V5)),
+        (b"MQIsdp", 3) => Ok(Version::V31),
+        (b"MQTT", 4) => Ok(Version::V311),
+        (b"MQTT", 5) => Ok(Version::V5),
         (b"MQTT" | b"MQIsdp", _) => Err(ProtocolViolation::UnsupportedVersion),
         _ => Err(ProtocolViolation::Malformed(
             "protocol name is not mqtt [MQTT-3.1.2-1]".into(),
@@ -1399,6 +1392,16 @@ mod tests {
         codec.set_max_outgoing(Some(1));
         assert!(codec.encode(Packet::PubAck(id, 0), &mut out).is_err());
         assert_eq!(out.len(), sent, "nothing of the refused packet is left");
+    }
+
+    #[test]
+    fn a_connect_too_short_for_its_protocol_name_is_malformed_at_once() {
+        // Found by fuzzing: a whole 4-byte CONNECT whose name length says 16 used to
+        // wait for more bytes until the CONNECT timeout.
+        assert!(matches!(
+            decode_all(b"\x10\x02\x00\x10"),
+            Err(ProtocolViolation::Malformed(_))
+        ));
     }
 
     #[test]

@@ -138,6 +138,16 @@ impl Input {
     }
 }
 
+/// Hands `out` to an in-process client, waiting while its channel is full.
+async fn flush_local(tx: &mpsc::Sender<Packet>, out: &mut Vec<Packet>) -> std::io::Result<()> {
+    for packet in out.drain(..) {
+        if tx.send(packet).await.is_err() {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+    }
+    Ok(())
+}
+
 /// Serves one TCP connection until it ends.
 pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -145,7 +155,7 @@ pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr
     let mut codec = Codec::new(broker.shared.config.max_packet_size);
     let mut rbuf = BytesMut::new();
     // CONNECT first, within a deadline.
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, async {
+    let connect = Box::pin(tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
             match codec.decode(&mut rbuf) {
                 Ok(Some(Packet::Connect(connect))) => return Ok(connect),
@@ -158,7 +168,7 @@ pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr
                 Ok(_) => {}
             }
         }
-    })
+    }))
     .await;
     let connect = match connect {
         Ok(Ok(connect)) => connect,
@@ -186,8 +196,12 @@ pub async fn serve(broker: Broker, stream: TcpStream, peer: std::net::SocketAddr
         write,
         out: BytesMut::new(),
     };
+    // Nor a read buffer, when the CONNECT came alone.
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let conn = Connection::new(broker, codec, output, Peer::Tcp(peer));
-    conn.serve(*connect, Input::Tcp { read, rbuf }).await;
+    conn.serve(connect, Input::Tcp { read, rbuf }).await;
 }
 
 /// Serves one in-process connection: `rx` carries the client's packets (CONNECT
@@ -208,7 +222,7 @@ pub async fn serve_local(broker: Broker, mut rx: mpsc::Receiver<Packet>, tx: mps
         out: Vec::new(),
     };
     let conn = Connection::new(broker, codec, output, Peer::Local);
-    conn.serve(*connect, Input::Local(rx)).await;
+    conn.serve(connect, Input::Local(rx)).await;
 }
 
 struct Connection {
@@ -224,7 +238,8 @@ struct Connection {
     kick: CancellationToken,
     kick_reason: Arc<AtomicU8>,
     keep_alive: Option<Duration>,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and every byte here is paid per connection.
+    will: Option<Box<Will>>,
     /// v5 topic aliases the client set up (alias -> topic).
     inbound_aliases: HashMap<u16, ByteString>,
     /// v5 topic aliases we set up towards the client (topic -> alias).
@@ -270,12 +285,15 @@ impl Connection {
     }
 
     /// Serves the connection from its CONNECT to its end.
-    async fn serve(mut self, connect: Connect, input: Input) {
-        let end = match self.accept(connect).await {
+    async fn serve(mut self, connect: Box<Connect>, input: Input) {
+        // A task's future is as large as its largest state, for the whole life of the
+        // connection: the CONNECT handling and the ending are boxed, so an idle
+        // connection pays only for `run`.
+        let end = match Box::pin(self.accept(connect)).await {
             Ok(()) => self.run(input).await,
             Err(end) => end,
         };
-        self.finish(end).await;
+        Box::pin(self.finish(end)).await;
     }
 
     fn send(&mut self, packet: Packet) {
@@ -333,19 +351,15 @@ impl Connection {
                     }
                 }
             }
-            Output::Local { tx, out } => {
-                for packet in out.drain(..) {
-                    if tx.send(packet).await.is_err() {
-                        return Err(std::io::ErrorKind::BrokenPipe.into());
-                    }
-                }
-            }
+            // Boxed: a channel send is a large future, and only in-process clients
+            // (a few flows) take this path.
+            Output::Local { tx, out } => Box::pin(flush_local(tx, out)).await?,
         }
         Ok(())
     }
 
     /// CONNECT: sets up or resumes the session and answers CONNACK.
-    async fn accept(&mut self, connect: Connect) -> Result<(), End> {
+    async fn accept(&mut self, connect: Box<Connect>) -> Result<(), End> {
         let config = &self.broker.shared.config;
         self.version = connect.version;
         let mut ack = ConnAck {
@@ -398,7 +412,7 @@ impl Connection {
         };
         self.window = usize::from(window).max(1);
         self.codec.set_max_outgoing(connect.max_packet_size);
-        self.will = connect.will.clone();
+        self.will = connect.will.clone().map(Box::new);
         self.client_id = client_id.clone();
 
         let durable = self.broker.shared.durable();
@@ -492,6 +506,12 @@ impl Connection {
         self.flush()
             .await
             .map_err(|e| End::Abnormal(e.to_string()))?;
+        // Many clients connect and then idle for hours: they keep no write buffer.
+        if let Output::Tcp { out, .. } = &mut self.output
+            && out.is_empty()
+        {
+            *out = BytesMut::new();
+        }
         Ok(())
     }
 
@@ -1222,7 +1242,7 @@ impl Connection {
         if send_will && let Some(will) = will {
             broker.send_will(
                 self.client_id.clone(),
-                will,
+                *will,
                 generation,
                 expiry.unwrap_or(0),
             );
@@ -1243,4 +1263,27 @@ fn rand_id(conn_id: u64) -> u64 {
     hasher.write_u64(conn_id);
     hasher.write_u64(now_ms());
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle connection costs its task's future for as long as it lives; this keeps
+    /// that future from growing back unnoticed (docs/benchmarks.md has the RSS figure).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let config = crate::broker::BrokerConfig {
+            persistence: crate::broker::Persistence::Memory,
+            ..Default::default()
+        };
+        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let task = super::serve(broker, stream, peer);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task future: {size} bytes");
+        assert!(size <= 2048, "the connection future grew to {size} bytes");
+    }
 }

@@ -6,6 +6,9 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 
 use bytestring::ByteString;
 use tokio::sync::mpsc;
@@ -68,10 +71,10 @@ impl Broker {
         let broker = self.clone();
         self.shared.tracker.spawn(async move {
             // A panic in one connection ends that connection only.
-            let task = tokio::spawn(connection::serve_local(broker, from_client, to_client));
-            if let Err(e) = task.await
-                && e.is_panic()
-            {
+            let served = AssertUnwindSafe(connection::serve_local(broker, from_client, to_client))
+                .catch_unwind()
+                .await;
+            if served.is_err() {
                 tracing::error!("in-process connection task panicked");
             }
         });

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -232,13 +234,14 @@ impl Broker {
                         .stats
                         .connected
                         .fetch_add(1, Ordering::Relaxed);
+                    // One task per connection (its size is most of an idle connection's
+                    // memory); a panic in it ends that connection only.
                     self.shared.tracker.spawn(async move {
                         let shared = broker.shared.clone();
-                        // A panic in one connection ends that connection only.
-                        let task = tokio::spawn(connection::serve(broker, stream, peer));
-                        if let Err(e) = task.await
-                            && e.is_panic()
-                        {
+                        let served = AssertUnwindSafe(connection::serve(broker, stream, peer))
+                            .catch_unwind()
+                            .await;
+                        if served.is_err() {
                             tracing::error!(%peer, "connection task panicked");
                         }
                         shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
