@@ -83,6 +83,8 @@ pub struct Connection {
     pub password: Option<String>,
     /// Keepalive interval.
     pub keepalive: Duration,
+    /// Whether the flow file set `keepalive` (it means nothing without `url`).
+    pub keepalive_set: bool,
     /// Clean session; `None` lets the node decide.
     pub clean_session: bool,
     /// The will.
@@ -159,22 +161,22 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, String> {
     })
 }
 
-/// Checks the options common to both node kinds. `remote_only` names the options that
-/// are set and mean something only with a `url` (credentials, keepalive).
-pub fn validate(
-    url: Option<&str>,
-    remote_only: &[(&str, bool)],
-    client_id: Option<&str>,
-    will: Option<&Will>,
-) -> Vec<ConfigIssue> {
+/// Checks the options common to both node kinds: the URL, or without one, that no
+/// option meant only for a remote broker (credentials, keepalive) is set.
+pub fn validate(connection: &Connection) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
-    match url {
+    match &connection.url {
         Some(url) => {
             if let Err(e) = parse_url(url) {
                 issues.push(ConfigIssue::new("url", e));
             }
         }
         None => {
+            let remote_only = [
+                ("username", connection.username.is_some()),
+                ("password", connection.password.is_some()),
+                ("keepalive", connection.keepalive_set),
+            ];
             for (option, _) in remote_only.iter().filter(|(_, set)| *set) {
                 issues.push(ConfigIssue::new(
                     *option,
@@ -185,13 +187,17 @@ pub fn validate(
             }
         }
     }
-    if client_id.is_some_and(|id| id.is_empty() || id.len() > 65535) {
+    if connection
+        .client_id
+        .as_ref()
+        .is_some_and(|id| id.is_empty() || id.len() > 65535)
+    {
         issues.push(ConfigIssue::new(
             "client_id",
             "the client id must not be empty; leave it out for `headwater-FLOW-NODE`",
         ));
     }
-    if let Some(will) = will
+    if let Some(will) = &connection.will
         && let Err(e) = check_topic_name(&will.topic)
     {
         issues.push(ConfigIssue::new("will.topic", e));

@@ -71,6 +71,7 @@ impl MqttOutConfig {
             keepalive: self
                 .keepalive
                 .map_or(std::time::Duration::from_secs(60), |k| k.get()),
+            keepalive_set: self.keepalive.is_some(),
             clean_session: self.clean_session.unwrap_or(true),
             will: self.will.clone(),
         }
@@ -101,17 +102,7 @@ impl Config for MqttOutConfig {
         "Publishes to an MQTT broker; a message is done when the broker acknowledged it";
 
     fn validate(&self) -> Vec<ConfigIssue> {
-        let remote_only = [
-            ("username", self.username.is_some()),
-            ("password", self.password.is_some()),
-            ("keepalive", self.keepalive.is_some()),
-        ];
-        let mut issues = mqtt::validate(
-            self.url.as_deref(),
-            &remote_only,
-            self.client_id.as_deref(),
-            self.will.as_ref(),
-        );
+        let mut issues = mqtt::validate(&self.connection());
         if let Err(e) = self.template() {
             issues.push(e);
         }

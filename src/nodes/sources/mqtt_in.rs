@@ -107,6 +107,7 @@ impl MqttInConfig {
             keepalive: self
                 .keepalive
                 .map_or(std::time::Duration::from_secs(60), |k| k.get()),
+            keepalive_set: self.keepalive.is_some(),
             clean_session: self.clean_session.unwrap_or(self.qos.0 == 0),
             will: self.will.clone(),
         }
@@ -120,17 +121,7 @@ impl Config for MqttInConfig {
         "Subscribes on an MQTT broker; QoS 1/2 acknowledgements wait for the flow";
 
     fn validate(&self) -> Vec<ConfigIssue> {
-        let remote_only = [
-            ("username", self.username.is_some()),
-            ("password", self.password.is_some()),
-            ("keepalive", self.keepalive.is_some()),
-        ];
-        let mut issues = mqtt::validate(
-            self.url.as_deref(),
-            &remote_only,
-            self.client_id.as_deref(),
-            self.will.as_ref(),
-        );
+        let mut issues = mqtt::validate(&self.connection());
         let topics = self.topics.list();
         if topics.is_empty() {
             issues.push(ConfigIssue::new("topics", "name at least one topic filter"));
@@ -174,6 +165,28 @@ struct Settings {
     qos: QoS,
     failed: OnFailure,
     max_pending: usize,
+}
+
+impl Settings {
+    /// What a failed message means, by `failed:`: an error that ends the run so the
+    /// broker delivers it again (`redeliver`), or a warning and an acknowledgement.
+    fn judge_failure(
+        &self,
+        node: &NodeId,
+        topic: &str,
+        outcome: &Outcome,
+    ) -> Result<(), NodeError> {
+        let Outcome::Failed(reason) = outcome else {
+            return Ok(());
+        };
+        if self.failed == OnFailure::Redeliver {
+            return Err(NodeError::new(format!(
+                "a message on `{topic}` failed ({reason}); it stays unacknowledged and the broker will deliver it again"
+            )));
+        }
+        tracing::warn!(node = %node, "a message on `{topic}` failed ({reason}); acknowledged anyway (`failed: acknowledge`)");
+        Ok(())
+    }
 }
 
 /// A message received on connection number `generation`; its packet id only means
@@ -386,15 +399,7 @@ async fn settle_local(
     delivery: LocalDelivery,
     outcome: Outcome,
 ) -> Result<(), NodeError> {
-    if let Outcome::Failed(reason) = &outcome {
-        let topic = &delivery.topic;
-        if settings.failed == OnFailure::Redeliver {
-            return Err(NodeError::new(format!(
-                "a message on `{topic}` failed ({reason}); it stays unacknowledged and the broker will deliver it again"
-            )));
-        }
-        tracing::warn!(node = %node, "a message on `{topic}` failed ({reason}); acknowledged anyway (`failed: acknowledge`)");
-    }
+    settings.judge_failure(node, &delivery.topic, &outcome)?;
     let Some(id) = delivery.packet_id else {
         return Ok(());
     };
@@ -418,15 +423,7 @@ async fn settle(
     received: Received,
     outcome: Outcome,
 ) -> Result<(), NodeError> {
-    if let Outcome::Failed(reason) = &outcome {
-        let topic = topic_of(&received.publish);
-        if settings.failed == OnFailure::Redeliver {
-            return Err(NodeError::new(format!(
-                "a message on `{topic}` failed ({reason}); it stays unacknowledged and the broker will deliver it again"
-            )));
-        }
-        tracing::warn!(node = %node, "a message on `{topic}` failed ({reason}); acknowledged anyway (`failed: acknowledge`)");
-    }
+    settings.judge_failure(node, &topic_of(&received.publish), &outcome)?;
     // A packet id from an earlier connection would acknowledge some other message on
     // this one; the broker redelivers the old message instead.
     if received.generation == generation.load(Ordering::Acquire) {
@@ -551,6 +548,14 @@ mod tests {
         );
         assert!(
             load_error("{ type: mqtt.in, url: \"mqtt://h\", topics: \"a/+\", qos: 1 }").is_empty()
+        );
+        // Without `url`: the built-in broker, where credentials mean nothing.
+        assert!(load_error("{ type: mqtt.in, topics: \"a/+\", qos: 1 }").is_empty());
+        let errors = load_error("{ type: mqtt.in, topics: a, username: u, keepalive: 5s }");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("`username` applies to a remote broker"),
+            "{errors:?}"
         );
     }
 }
