@@ -253,8 +253,18 @@ fn check_sessions(version: &str) {
     assert!(!connack("first"));
     assert!(connack("resumed"));
     // The QoS 1 messages queued while it was away, in order, then the live fence.
+    // DUP is left out: paho reports its DISCONNECT done once it has sent it, so the
+    // first publish can reach the broker while that connection is still attached; it
+    // is then sent there, unacknowledged, and resent with DUP 1 on the resume, which
+    // is what [MQTT-4.4.0-1] asks for.
+    let without_dup = |messages: Vec<(String, String, u64, bool, bool)>| -> Vec<_> {
+        messages
+            .into_iter()
+            .map(|(topic, payload, qos, retain, _)| (topic, payload, qos, retain, false))
+            .collect()
+    };
     assert_eq!(
-        messages("resumed"),
+        without_dup(messages("resumed")),
         vec![
             m("sess/x", "queued-0", 1, false),
             m("sess/x", "queued-1", 1, false),

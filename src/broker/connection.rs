@@ -1224,6 +1224,14 @@ impl Connection {
                 if expiry == Some(0) {
                     state.remove_session(&self.client_id);
                 }
+            } else if state
+                .sessions
+                .get(&self.client_id)
+                .is_some_and(|s| s.attached.is_some())
+            {
+                // Another connection has the session already, whether this one saw
+                // the takeover or its own end first.
+                self.taken_over = true;
             }
         }
         if let Some(plan) = reroute {
