@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5 as p5;
@@ -66,6 +67,9 @@ enum Client {
 struct Peer {
     client: Client,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// Messages that arrived before the SUBACK being waited for (v5 lets a broker send
+    /// retained messages first).
+    early: VecDeque<Message>,
 }
 
 fn qos4(qos: u8) -> rumqttc::QoS {
@@ -168,7 +172,11 @@ impl Peer {
                 Client::V5(client)
             }
         };
-        let mut peer = Peer { client, seen };
+        let mut peer = Peer {
+            client,
+            seen,
+            early: VecDeque::new(),
+        };
         let session_present = match peer.next().await {
             Seen::ConnAck { session_present } => session_present,
             other => panic!("{id}: expected CONNACK, got {other:?}"),
@@ -190,9 +198,12 @@ impl Peer {
             Client::V311(c) => c.subscribe(filter, qos4(qos)).await.unwrap(),
             Client::V5(c) => c.subscribe(filter, qos5(qos)).await.unwrap(),
         }
-        match self.next().await {
-            Seen::SubAck(codes) => codes,
-            other => panic!("expected SUBACK, got {other:?}"),
+        loop {
+            match self.next().await {
+                Seen::SubAck(codes) => return codes,
+                Seen::Publish(m) => self.early.push_back(m),
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
         }
     }
 
@@ -214,6 +225,9 @@ impl Peer {
 
     /// The next PUBLISH.
     async fn message(&mut self) -> Message {
+        if let Some(m) = self.early.pop_front() {
+            return m;
+        }
         match self.next().await {
             Seen::Publish(m) => m,
             other => panic!("expected PUBLISH, got {other:?}"),
