@@ -138,7 +138,16 @@ impl Sub {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let _ = self.child.wait();
+        // mosquitto_sub has been seen stuck after SIGTERM: give it PATIENCE to leave
+        // cleanly, then SIGKILL, so a stuck peer fails the test instead of hanging it.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("mosquitto_sub did not exit within {PATIENCE:?} of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(0)) {
             self.record(line);
         }
