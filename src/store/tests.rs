@@ -517,3 +517,26 @@ async fn a_cancelled_commit_still_applies_and_drop_does_not_hang() {
         Some(b"v".as_slice())
     );
 }
+
+#[tokio::test]
+async fn a_durable_commit_lingers_for_company() {
+    let dir = tempfile::tempdir().unwrap();
+    // A linger no test machine outlasts, and a batch full at two requests: the second
+    // commit always joins the first's transaction and ends the wait. Without the linger
+    // the writer may take the first alone.
+    let store = Store::open(StoreOptions {
+        linger: Duration::from_secs(30),
+        max_batch_ops: 2,
+        ..on_file(&dir.path().join("s.redb"))
+    })
+    .unwrap();
+    let first = store.commit_queued(vec![put("a", "1")]);
+    tokio::task::yield_now().await;
+    let second = store.commit_queued(vec![put("b", "2")]);
+    let (first, second) = tokio::join!(first, second);
+    first.unwrap();
+    second.unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.transactions, stats.fsyncs), (1, 1), "{stats:?}");
+    store.close().await.unwrap();
+}
