@@ -23,17 +23,8 @@ fn broker(data: &Path, port: u16) -> (Gateway, u16) {
         "--listen",
         &listen,
     ]);
-    let port = listening_port(&gateway);
+    let port = gateway.listening_port();
     (gateway, port)
-}
-
-/// The port from the broker's "broker listening address=HOST:PORT" log line.
-fn listening_port(gateway: &Gateway) -> u16 {
-    let line = gateway.wait_for("broker listening");
-    line.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 /// A running `mosquitto_sub -v -d` with extra arguments; lines are collected.
@@ -138,19 +129,21 @@ impl Sub {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        // mosquitto_sub has been seen stuck after SIGTERM: give it PATIENCE to leave
-        // cleanly, then SIGKILL, so a stuck peer fails the test instead of hanging it.
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("mosquitto_sub did not exit within {PATIENCE:?} of SIGTERM");
+        // Its output closes when it exits; mosquitto_sub has been seen stuck after
+        // SIGTERM, so past PATIENCE it is killed and the test fails instead of hanging.
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.record(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("mosquitto_sub did not exit within {PATIENCE:?} of SIGTERM");
+                }
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_millis(0)) {
-            self.record(line);
-        }
+        let _ = self.child.wait();
         std::mem::take(&mut self.seen)
     }
 }
@@ -281,7 +274,7 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_sys_topics_and_sys_is_published() {
         listen,
         settings.to_str().unwrap(),
     ]);
-    let port = listening_port(&gateway);
+    let port = gateway.listening_port();
     let mut sys = Sub::start(port, &["-t", "$SYS/broker/version"]);
     let (topic, payload) = sys.next();
     assert_eq!(topic, "$SYS/broker/version");
@@ -470,7 +463,7 @@ fn run_flow(data: &Path, flow: &str, port: u16) -> (Gateway, u16) {
         "--listen",
         &listen,
     ]);
-    let port = listening_port(&gateway);
+    let port = gateway.listening_port();
     gateway.wait_for("on the built-in broker");
     (gateway, port)
 }

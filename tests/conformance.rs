@@ -50,7 +50,7 @@ fn broker() -> Broker {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let port = listening_port(&gateway);
+    let port = gateway.listening_port();
     Broker {
         _gateway: gateway,
         port,
@@ -77,21 +77,12 @@ fn broker_with(settings: &str) -> Broker {
         "127.0.0.1:0",
         file.to_str().unwrap(),
     ]);
-    let port = listening_port(&gateway);
+    let port = gateway.listening_port();
     Broker {
         _gateway: gateway,
         port,
         _data: data,
     }
-}
-
-/// The port from the "broker listening address=HOST:PORT" log line.
-fn listening_port(gateway: &Gateway) -> u16 {
-    let line = gateway.wait_for("broker listening");
-    line.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 // ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ use super::session::{
     self, Attached, INCOMING, Message, Queued, Session, Subscription, encode_queued, incoming_key,
     queue_key,
 };
+use super::state::State;
 use super::{Broker, now_ms, topic};
 use crate::store::{Op, StoreError};
 
@@ -969,7 +970,6 @@ impl Connection {
         subscription_id: Option<std::num::NonZeroU32>,
         filters: Vec<(ByteString, super::codec::SubscriptionOptions)>,
     ) -> Result<(), End> {
-        let durable = self.broker.shared.durable();
         let mut codes = Vec::with_capacity(filters.len());
         let mut deliveries = Vec::new();
         let mut ops = Vec::new();
@@ -1032,12 +1032,7 @@ impl Connection {
                     }
                 }
             }
-            if durable
-                && let Some(session) = state.sessions.get(&self.client_id)
-                && session.persistent()
-            {
-                ops.push(session.record_op());
-            }
+            ops.extend(self.session_record(&state));
         }
         self.after_commit(
             ops,
@@ -1049,8 +1044,14 @@ impl Connection {
         Ok(())
     }
 
+    /// The store write of this client's session record (its subscriptions), when the
+    /// session is persistent and the broker durable.
+    fn session_record(&self, state: &State) -> Option<Op> {
+        let session = state.sessions.get(&self.client_id)?;
+        (self.broker.shared.durable() && session.persistent()).then(|| session.record_op())
+    }
+
     fn on_unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<ByteString>) {
-        let durable = self.broker.shared.durable();
         let mut codes = Vec::with_capacity(filters.len());
         let mut ops = Vec::new();
         {
@@ -1062,12 +1063,7 @@ impl Connection {
                     reason::NO_SUBSCRIPTION_EXISTED
                 });
             }
-            if durable
-                && let Some(session) = state.sessions.get(&self.client_id)
-                && session.persistent()
-            {
-                ops.push(session.record_op());
-            }
+            ops.extend(self.session_record(&state));
         }
         self.after_commit(
             ops,

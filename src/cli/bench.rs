@@ -251,11 +251,7 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
     }
     // The idle-memory clients hold one descriptor each.
     super::broker::raise_open_file_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime("bench")?;
     let mut comparisons = Vec::new();
     runtime.block_on(async {
         for &workload in &workloads {

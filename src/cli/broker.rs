@@ -61,11 +61,7 @@ pub async fn start(config: BrokerConfig, data_dir: &Path) -> anyhow::Result<Brok
 pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = args.apply(BrokerConfig::default())?;
     let data_dir = super::data_dir(data_dir, None);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("headwater")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = super::run::ShutdownSignals::listen()?;
         let broker = start(config, &data_dir).await?;

@@ -134,6 +134,17 @@ fn init_logging(format: LogFormat) {
 
 /// The data directory: the flag, else the flow files' `data_dir`, else systemd's
 /// `$STATE_DIRECTORY`, else `./data`.
+/// The multi-threaded tokio runtime every long-running command runs on; `name` names
+/// its worker threads.
+fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn data_dir(flag: Option<PathBuf>, from_files: Option<PathBuf>) -> PathBuf {
     flag.or(from_files)
         .or_else(|| {

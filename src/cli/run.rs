@@ -35,11 +35,7 @@ pub fn run(
         Ok(plan) => plan,
         Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("headwater")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();

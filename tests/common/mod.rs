@@ -66,6 +66,16 @@ impl Gateway {
         Gateway { child, lines }
     }
 
+    /// The port of the built-in broker, from its "broker listening address=HOST:PORT"
+    /// log line (it binds port 0 in tests).
+    pub fn listening_port(&self) -> u16 {
+        let line = self.wait_for("broker listening");
+        line.rsplit(':')
+            .next()
+            .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"))
+    }
+
     /// Waits for a log line containing `needle`.
     pub fn wait_for(&self, needle: &str) -> String {
         wait_line(&self.lines, needle, "headwater")
@@ -218,11 +228,6 @@ pub fn headwater_broker(data: &Path) -> (Gateway, u16) {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let line = gateway.wait_for("broker listening");
-    let port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let port = gateway.listening_port();
     (gateway, port)
 }
