@@ -1,6 +1,8 @@
 //! The `broker:` section of the settings file, and its defaults (Mosquitto's where it
 //! has one).
 
+use std::path::PathBuf;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -38,9 +40,21 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Seconds between `$SYS` updates (default 10; 0 turns `$SYS` off).
     pub sys_interval: u64,
-    /// Accept clients without authentication on listeners beyond loopback. Without it
-    /// `check` refuses such a listener, as Mosquitto 2 does.
+    /// Accept clients without a username. Unset: loopback-only listeners without a
+    /// `password_file` accept them, and `check` refuses a listener beyond loopback
+    /// without authentication, as Mosquitto 2 does. Set to false once a password file
+    /// is given unless written.
     pub allow_anonymous: Option<bool>,
+    /// A `mosquitto_passwd` file (`user:$7$...`); reread on SIGHUP and when it changes.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto ACL file (`user`, `topic [read|write|readwrite|deny]`, `pattern`
+    /// with `%c`/`%u`); reread on SIGHUP and when it changes.
+    pub acl_file: Option<PathBuf>,
+    /// As Mosquitto's: when true, `allow_anonymous`, `password_file` and `acl_file` are
+    /// read from each listener instead of from here.
+    pub per_listener_settings: bool,
+    /// Bridges to remote brokers.
+    pub bridges: Vec<BridgeConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -59,11 +73,15 @@ impl Default for BrokerConfig {
             topic_alias_maximum: 64,
             sys_interval: 10,
             allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            per_listener_settings: false,
+            bridges: Vec::new(),
         }
     }
 }
 
-/// One TCP listener.
+/// One listener: MQTT over TCP or WebSockets, either optionally over TLS.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
@@ -71,6 +89,16 @@ pub struct ListenerConfig {
     pub host: String,
     /// Port (default 1883; 0 picks a free one).
     pub port: u16,
+    /// `mqtt` (default) or `websockets` (subprotocol `mqtt`, binary frames).
+    pub protocol: ListenerProtocol,
+    /// TLS settings (Mosquitto's keys); TLS is on when `certfile` and `keyfile` are set.
+    pub tls: TlsConfig,
+    /// With `per_listener_settings`: this listener's `allow_anonymous`.
+    pub allow_anonymous: Option<bool>,
+    /// With `per_listener_settings`: this listener's password file.
+    pub password_file: Option<PathBuf>,
+    /// With `per_listener_settings`: this listener's ACL file.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for ListenerConfig {
@@ -78,8 +106,151 @@ impl Default for ListenerConfig {
         ListenerConfig {
             host: "127.0.0.1".into(),
             port: 1883,
+            protocol: ListenerProtocol::Mqtt,
+            tls: TlsConfig::default(),
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
         }
     }
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener on `host:port`.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
+        ListenerConfig {
+            host: host.into(),
+            port,
+            ..ListenerConfig::default()
+        }
+    }
+}
+
+/// What a listener speaks above TCP (or TLS).
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// MQTT straight over the stream.
+    #[default]
+    Mqtt,
+    /// MQTT in binary WebSocket frames (subprotocol `mqtt`), as browsers speak it.
+    Websockets,
+}
+
+/// A listener's TLS settings, with Mosquitto's names and meanings.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates that client certificates must chain to.
+    pub cafile: Option<PathBuf>,
+    /// PEM file of the server's certificate chain; with `keyfile` turns TLS on.
+    pub certfile: Option<PathBuf>,
+    /// PEM file of the server's private key.
+    pub keyfile: Option<PathBuf>,
+    /// PEM file of certificate revocation lists; revoked client certificates are
+    /// refused.
+    pub crlfile: Option<PathBuf>,
+    /// Lowest TLS version accepted: `tlsv1.2` (default) or `tlsv1.3`; older versions
+    /// are never accepted.
+    pub tls_version: Option<String>,
+    /// Clients must present a certificate that chains to `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's Common Name is the username (for the ACL); no
+    /// password is asked.
+    pub use_identity_as_username: bool,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.certfile.is_some() || self.keyfile.is_some()
+    }
+}
+
+/// A bridge to a remote broker, with Mosquitto's keys.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// The bridge's name (Mosquitto's `connection`); names its `$SYS` state topic
+    /// and, by default, its client id.
+    pub connection: String,
+    /// Remote `host:port` addresses, tried in turn (Mosquitto's `address`).
+    pub addresses: Vec<String>,
+    /// What crosses the bridge.
+    #[serde(default)]
+    pub topics: Vec<BridgeTopic>,
+    /// Start a clean session on the remote (default false: the remote keeps queuing
+    /// for us while the link is down).
+    #[serde(default)]
+    pub cleansession: bool,
+    /// Client id on the remote (default `HOSTNAME.CONNECTION`).
+    #[serde(default)]
+    pub remote_clientid: Option<String>,
+    /// Username on the remote.
+    #[serde(default)]
+    pub remote_username: Option<String>,
+    /// Password on the remote.
+    #[serde(default)]
+    pub remote_password: Option<String>,
+    /// `mqttv311` (default), `mqttv31` or `mqttv50`.
+    #[serde(default)]
+    pub bridge_protocol_version: Option<String>,
+    /// CA certificates to verify the remote with; turns TLS on.
+    #[serde(default)]
+    pub bridge_cafile: Option<PathBuf>,
+    /// Our client certificate for the remote.
+    #[serde(default)]
+    pub bridge_certfile: Option<PathBuf>,
+    /// The key of `bridge_certfile`.
+    #[serde(default)]
+    pub bridge_keyfile: Option<PathBuf>,
+    /// Do not check the remote's host name against its certificate.
+    #[serde(default)]
+    pub bridge_insecure: bool,
+    /// Keepalive towards the remote, in seconds (default 60).
+    #[serde(default)]
+    pub keepalive_interval: Option<u16>,
+    /// Seconds before the first reconnect attempt (default 5; Mosquitto's
+    /// `restart_timeout` base).
+    #[serde(default)]
+    pub restart_timeout: Option<u64>,
+    /// Most seconds between reconnect attempts; with it the wait doubles up to this
+    /// cap (Mosquitto's `restart_timeout BASE CAP`).
+    #[serde(default)]
+    pub restart_timeout_cap: Option<u64>,
+}
+
+/// One `topic` line of a bridge.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTopic {
+    /// The topic filter, below the prefixes.
+    pub pattern: String,
+    /// `out` (local to remote; default), `in` or `both`.
+    #[serde(default)]
+    pub direction: BridgeDirection,
+    /// QoS used across the bridge (default 0).
+    #[serde(default)]
+    pub qos: u8,
+    /// Prefix of the topic on the local broker.
+    #[serde(default)]
+    pub local_prefix: String,
+    /// Prefix of the topic on the remote broker.
+    #[serde(default)]
+    pub remote_prefix: String,
+}
+
+/// Which way a bridge topic flows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeDirection {
+    /// Local to remote.
+    #[default]
+    Out,
+    /// Remote to local.
+    In,
+    /// Both ways.
+    Both,
 }
 
 /// Whether the broker writes its state to disk.

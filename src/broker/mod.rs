@@ -6,6 +6,7 @@
 //! boundary to the wire) and the durable `store`. The codec knows nothing about
 //! sessions; the state knows nothing about sockets.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 mod connection;
@@ -28,7 +29,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{BrokerConfig, ListenerConfig, Persistence};
+pub use config::{
+    BridgeConfig, BridgeDirection, BridgeTopic, BrokerConfig, ListenerConfig, ListenerProtocol,
+    Persistence, TlsConfig,
+};
 pub use local::{LinkError, LocalClient, LocalConnect};
 
 use codec::{Publish, Will};

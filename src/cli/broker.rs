@@ -34,10 +34,7 @@ impl BrokerArgs {
                     let port = port
                         .parse()
                         .with_context(|| format!("`{address}`: the port is not a number"))?;
-                    Ok(ListenerConfig {
-                        host: host.trim_matches(['[', ']']).to_string(),
-                        port,
-                    })
+                    Ok(ListenerConfig::tcp(host.trim_matches(['[', ']']), port))
                 })
                 .collect::<anyhow::Result<_>>()?;
         }
