@@ -10,8 +10,10 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 mod connection;
+mod listener;
 mod local;
 pub mod session;
+pub mod signal;
 pub mod state;
 mod sys;
 pub mod topic;
@@ -23,8 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytestring::ByteString;
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +47,8 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// How long a group commit waits for company once someone waits on it: 1 ms cuts the
 /// fsyncs of a steady load and with them QoS 1 delivery latency (docs/benchmarks.md).
 const STORE_LINGER: Duration = Duration::from_millis(1);
+/// How often silent clients are looked for; a client is closed at most this late.
+const KEEPALIVE_SWEEP: Duration = Duration::from_millis(250);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -212,57 +214,61 @@ impl Broker {
         Ok(listeners)
     }
 
-    /// Starts serving `listeners` and `$SYS`; returns at once.
-    pub fn start(&self, listeners: Vec<TcpListener>) {
-        for listener in listeners {
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!(%address, "broker listening");
+    /// Starts serving `sockets` (from `bind`, in the order of the configured
+    /// listeners) and `$SYS`; returns at once.
+    pub fn start(&self, sockets: Vec<TcpListener>) {
+        for (index, (socket, config)) in sockets
+            .into_iter()
+            .zip(self.shared.config.listeners.clone())
+            .enumerate()
+        {
+            if let Ok(address) = socket.local_addr() {
+                // The address last: tests and scripts read the port from the line's end.
+                tracing::info!(
+                    protocol = ?config.protocol,
+                    tls = config.tls.enabled(),
+                    %address,
+                    "broker listening"
+                );
             }
-            let broker = self.clone();
+            let listener = Arc::new(listener::Listener { index, config });
             self.shared
                 .tracker
-                .spawn(async move { broker.accept_loop(listener).await });
+                .spawn(listener::accept_loop(self.clone(), socket, listener));
         }
+        self.shared.tracker.spawn(self.clone().keepalive_sweep());
         if self.shared.config.sys_interval > 0 {
             let broker = self.clone();
             self.shared.tracker.spawn(sys::run(broker));
         }
     }
 
-    async fn accept_loop(self, listener: TcpListener) {
+    /// Closes connections whose clients have been silent for longer than 1.5 times
+    /// their keepalive [MQTT-3.1.2-24]. One sweep for all connections instead of a
+    /// timer each: a timer per connection costs memory on every idle client, and a
+    /// client is closed at most `KEEPALIVE_SWEEP` late.
+    async fn keepalive_sweep(self) {
+        let mut tick = tokio::time::interval(KEEPALIVE_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let accepted = tokio::select! {
+            tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let broker = self.clone();
-                    broker
-                        .shared
-                        .stats
-                        .connected
-                        .fetch_add(1, Ordering::Relaxed);
-                    // One task per connection (its size is most of an idle connection's
-                    // memory); a panic in it ends that connection only.
-                    self.shared.tracker.spawn(async move {
-                        let shared = broker.shared.clone();
-                        let served = AssertUnwindSafe(connection::serve(broker, stream, peer))
-                            .catch_unwind()
-                            .await;
-                        if served.is_err() {
-                            tracing::error!(%peer, "connection task panicked");
-                        }
-                        shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                _ = tick.tick() => {}
+            }
+            let now = signal::elapsed_ms(self.shared.started);
+            for session in self.state().sessions.values() {
+                if let Some(attached) = &session.attached
+                    && attached.signal.overdue(now)
+                {
+                    attached.signal.kick(codec::reason::KEEP_ALIVE_TIMEOUT);
                 }
             }
         }
+    }
+
+    /// Milliseconds on the broker's clock (for keepalives).
+    fn clock_ms(&self) -> u64 {
+        signal::elapsed_ms(self.shared.started)
     }
 
     /// Publishes a message from the broker itself (`$SYS`, wills): routed like a
@@ -290,8 +296,8 @@ impl Broker {
         {
             tracing::warn!(topic = %msg.publish.topic, "message could not be stored: {e}");
         }
-        for wake in self.state().apply(deliveries) {
-            wake.notify_one();
+        for signal in self.state().apply(deliveries) {
+            signal.wake();
         }
     }
 
@@ -374,10 +380,7 @@ impl Broker {
             .filter_map(|s| s.attached.clone())
             .collect();
         for attached in attached {
-            attached
-                .kick_reason
-                .store(codec::reason::SERVER_SHUTTING_DOWN, Ordering::Relaxed);
-            attached.kick.cancel();
+            attached.signal.kick(codec::reason::SERVER_SHUTTING_DOWN);
         }
         self.shared.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait())

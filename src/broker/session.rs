@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Publish, Qos, SubscriptionOptions, Version};
+use super::signal::Signal;
 use super::topic::Filter;
 use crate::store::{Op, Table};
 
@@ -90,13 +89,9 @@ pub struct TreeEntry {
 pub struct Attached {
     /// Connection number, unique per broker run.
     pub id: u64,
-    /// Woken when the session has something to send.
-    pub wake: Arc<Notify>,
-    /// Cancelled to close the connection (takeover, shutdown); the reason code is in
-    /// `kick_reason`.
-    pub kick: CancellationToken,
-    /// Why the connection is kicked (v5 DISCONNECT reason).
-    pub kick_reason: Arc<std::sync::atomic::AtomicU8>,
+    /// Rung when the session has something to send, or to close the connection
+    /// (takeover, shutdown, keepalive).
+    pub signal: Arc<Signal>,
 }
 
 /// One client's session.

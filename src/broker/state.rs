@@ -14,6 +14,7 @@ use super::session::{
     self, Message, Queued, RETAINED, Session, Subscription, TreeEntry, encode_queued,
     encode_retained, queue_key,
 };
+use super::signal::Signal;
 use super::topic::{self, Filter, Matched, Tree};
 use crate::store::Op;
 
@@ -209,7 +210,7 @@ impl State {
     }
 
     /// Pushes planned deliveries into their sessions; returns the connections to wake.
-    pub fn apply(&mut self, plan: Vec<(ByteString, Queued)>) -> Vec<Arc<tokio::sync::Notify>> {
+    pub fn apply(&mut self, plan: Vec<(ByteString, Queued)>) -> Vec<Arc<Signal>> {
         let mut wake = Vec::new();
         for (client, queued) in plan {
             let Some(session) = self.sessions.get_mut(&client) else {
@@ -217,7 +218,7 @@ impl State {
             };
             session.queue.push_back(queued);
             if let Some(attached) = &session.attached {
-                wake.push(attached.wake.clone());
+                wake.push(attached.signal.clone());
             }
         }
         wake

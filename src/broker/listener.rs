@@ -1,0 +1,163 @@
+//! Listeners: the accept loops, and each connection's transport (TCP, TLS, WebSocket,
+//! WebSocket over TLS), which is set up inside the connection's own task so a slow
+//! handshake never holds up the accept loop or other clients.
+
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::config::ListenerConfig;
+use super::{Broker, connection};
+
+/// A byte stream a client speaks MQTT over, once any handshake is done.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// A configured listener as the accept loop and its connections see it.
+#[expect(dead_code, reason = "read once authentication and TLS are wired in")]
+pub(crate) struct Listener {
+    /// Position in `broker.listeners`: selects the listener's authentication realm
+    /// under `per_listener_settings`.
+    pub index: usize,
+    /// Its settings.
+    pub config: ListenerConfig,
+}
+
+/// The two directions of a client's stream.
+#[expect(dead_code, reason = "read once authentication is wired in")]
+pub(crate) struct Transport {
+    /// Bytes from the client.
+    pub reader: Reader,
+    /// Bytes to the client.
+    pub writer: Writer,
+    /// The Common Name of a verified client certificate.
+    pub cert_name: Option<String>,
+}
+
+impl Listener {
+    /// Runs the handshakes this listener demands on a new TCP connection.
+    pub async fn open(&self, stream: TcpStream) -> io::Result<Transport> {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        Ok(Transport {
+            reader: Reader::Tcp(read),
+            writer: Writer::Tcp(write),
+            cert_name: None,
+        })
+    }
+}
+
+/// Wraps a handshaken stream; TCP keeps its cheaper owned halves.
+#[expect(dead_code, reason = "used once TLS and WebSockets are wired in")]
+fn wrapped(stream: Box<dyn ByteStream>, cert_name: Option<String>) -> Transport {
+    let (read, write) = tokio::io::split(stream);
+    Transport {
+        reader: Reader::Wrapped(read),
+        writer: Writer::Wrapped(write),
+        cert_name,
+    }
+}
+
+/// The reading half of a client's stream.
+pub(crate) enum Reader {
+    /// Plain TCP.
+    Tcp(OwnedReadHalf),
+    /// TLS and/or WebSocket.
+    Wrapped(ReadHalf<Box<dyn ByteStream>>),
+}
+
+/// The writing half of a client's stream.
+pub(crate) enum Writer {
+    /// Plain TCP.
+    Tcp(OwnedWriteHalf),
+    /// TLS and/or WebSocket.
+    Wrapped(WriteHalf<Box<dyn ByteStream>>),
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Reader::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            Reader::Wrapped(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(write) => Pin::new(write).poll_write(cx, buf),
+            Writer::Wrapped(write) => Pin::new(write).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(write) => Pin::new(write).poll_flush(cx),
+            Writer::Wrapped(write) => Pin::new(write).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(write) => Pin::new(write).poll_shutdown(cx),
+            Writer::Wrapped(write) => Pin::new(write).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Accepts connections on `socket` until shutdown; one task per connection.
+pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: Arc<Listener>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = broker.shared.shutdown.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let broker = broker.clone();
+                broker
+                    .shared
+                    .stats
+                    .connected
+                    .fetch_add(1, Ordering::Relaxed);
+                let listener = listener.clone();
+                // One task per connection (its size is most of an idle connection's
+                // memory); a panic in it ends that connection only.
+                broker.shared.tracker.clone().spawn(async move {
+                    let shared = broker.shared.clone();
+                    let served =
+                        AssertUnwindSafe(connection::serve(broker, stream, peer, listener))
+                            .catch_unwind()
+                            .await;
+                    if served.is_err() {
+                        tracing::error!(%peer, "connection task panicked");
+                    }
+                    shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! A connection's doorbell: how other tasks tell it that its session has deliveries,
+//! or that it must close (takeover, shutdown, keepalive), and when its client was last
+//! heard from.
+//!
+//! One small allocation per connection, polled by hand from the connection's loop: a
+//! `Notify`, a `CancellationToken` and a timer per connection cost several times more
+//! memory, and an idle connection is mostly what it holds (docs/benchmarks.md).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::task::AtomicWaker;
+
+/// Set when the session has something new to send.
+const WAKE: u32 = 1;
+/// Set when the connection must close; the reason code is in bits 8..16.
+const KICK: u32 = 2;
+
+/// What a connection is told.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ring {
+    /// Close with this v5 reason code.
+    Kick(u8),
+    /// Look at the session's queue.
+    Wake,
+}
+
+/// The doorbell of one connection.
+#[derive(Debug)]
+pub struct Signal {
+    waker: AtomicWaker,
+    flags: AtomicU32,
+    /// Milliseconds since `epoch` when the client was last heard from.
+    last_heard_ms: AtomicU64,
+    /// 1.5 x the client's keepalive in milliseconds; 0 = no keepalive.
+    patience_ms: AtomicU64,
+}
+
+impl Signal {
+    /// A signal whose client was heard from at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Signal {
+            waker: AtomicWaker::new(),
+            flags: AtomicU32::new(0),
+            last_heard_ms: AtomicU64::new(now_ms),
+            patience_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The session has deliveries.
+    pub fn wake(&self) {
+        self.flags.fetch_or(WAKE, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The connection must close with `reason`; the first reason given stays.
+    pub fn kick(&self, reason: u8) {
+        let _ = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| {
+                (flags & KICK == 0).then_some(flags | KICK | (u32::from(reason) << 8))
+            });
+        self.waker.wake();
+    }
+
+    /// Kick first, then wake; `Pending` registers the task to be woken.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Ring> {
+        if let Some(ring) = self.take() {
+            return Poll::Ready(ring);
+        }
+        self.waker.register(cx.waker());
+        // A ring between the first look and the registration would be lost otherwise.
+        match self.take() {
+            Some(ring) => Poll::Ready(ring),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The kick's reason, if kicked, without taking a wake; registers the task.
+    pub fn kicked(&self, cx: &mut Context<'_>) -> Option<u8> {
+        self.waker.register(cx.waker());
+        let flags = self.flags.load(Ordering::Acquire);
+        (flags & KICK != 0).then_some((flags >> 8) as u8)
+    }
+
+    fn take(&self) -> Option<Ring> {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & KICK != 0 {
+            return Some(Ring::Kick((flags >> 8) as u8));
+        }
+        if flags & WAKE != 0 {
+            self.flags.fetch_and(!WAKE, Ordering::AcqRel);
+            return Some(Ring::Wake);
+        }
+        None
+    }
+
+    /// The client must be heard from within `patience_ms` (0: never checked).
+    pub fn set_patience(&self, patience_ms: u64) {
+        self.patience_ms.store(patience_ms, Ordering::Relaxed);
+    }
+
+    /// The client sent something at `now_ms`.
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the client has been silent longer than its keepalive allows.
+    pub fn overdue(&self, now_ms: u64) -> bool {
+        let patience = self.patience_ms.load(Ordering::Relaxed);
+        patience > 0 && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) > patience
+    }
+}
+
+/// Milliseconds on the broker's monotonic clock.
+pub fn elapsed_ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_wake_reaches_a_waiting_task_once() {
+        let signal = Arc::new(Signal::new(0));
+        let waiting = tokio::spawn({
+            let signal = signal.clone();
+            async move { std::future::poll_fn(|cx| signal.poll(cx)).await }
+        });
+        signal.wake();
+        assert_eq!(waiting.await.unwrap(), Ring::Wake);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(signal.poll(&mut cx), Poll::Pending, "a wake is consumed");
+    }
+
+    #[test]
+    fn a_kick_wins_over_a_wake_and_keeps_its_first_reason() {
+        let signal = Signal::new(0);
+        signal.wake();
+        signal.kick(0x8E);
+        signal.kick(0x8B);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(signal.poll(&mut cx), Poll::Ready(Ring::Kick(0x8E)));
+        assert_eq!(
+            signal.poll(&mut cx),
+            Poll::Ready(Ring::Kick(0x8E)),
+            "a kick stays"
+        );
+    }
+
+    #[test]
+    fn overdue_only_past_patience_and_never_without_keepalive() {
+        let signal = Signal::new(1000);
+        assert!(!signal.overdue(1_000_000), "no keepalive, never overdue");
+        signal.set_patience(1500);
+        assert!(!signal.overdue(2500));
+        assert!(signal.overdue(2501));
+        signal.heard(2400);
+        assert!(!signal.overdue(3900));
+    }
+}
