@@ -45,6 +45,34 @@ const IDLE_BUFFER: usize = 4096;
 /// A commit in flight with what to do when it lands.
 type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
 
+/// Commits in flight, answered in order. The queue is made on first use and released
+/// when empty: making one allocates, and most connections are idle.
+#[derive(Default)]
+struct Commits(Option<FuturesOrdered<Pending>>);
+
+impl Commits {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+    }
+
+    fn push_back(&mut self, commit: Pending) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(commit);
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Result<(), StoreError>, After)>> {
+        let Some(queue) = &mut self.0 else {
+            return Poll::Ready(None);
+        };
+        let next = queue.poll_next_unpin(cx);
+        if queue.is_empty() {
+            self.0 = None;
+        }
+        next
+    }
+}
+
 /// What to do once a commit is durable.
 struct After {
     /// Packets to write, in order.
@@ -382,7 +410,7 @@ pub(crate) struct Connection {
     /// Outbound inflight window.
     window: usize,
     /// Commits in flight, answered in order.
-    pending: FuturesOrdered<Pending>,
+    pending: Commits,
     /// Inbound QoS 1/2 publishes not yet acknowledged (receive maximum).
     inbound_unacked: usize,
     /// Closed because a new connection took the session over.
@@ -409,7 +437,7 @@ impl Connection {
             outbound_aliases: HashMap::new(),
             client_alias_max: 0,
             window: 1,
-            pending: FuturesOrdered::new(),
+            pending: Commits::default(),
             inbound_unacked: 0,
             taken_over: false,
             disconnect_sent: false,
@@ -596,7 +624,11 @@ impl Connection {
                 }
                 state.sessions.insert(
                     client_id.clone(),
-                    Session::new(client_id.clone(), connect.session_expiry, connect.version),
+                    Box::new(Session::new(
+                        client_id.clone(),
+                        connect.session_expiry,
+                        connect.version,
+                    )),
                 );
             }
             let session = state.sessions.get_mut(&client_id).expect("inserted above");
@@ -726,7 +758,7 @@ impl Connection {
             return Poll::Ready(Event::Ring(Ring::Kick(code)));
         }
         if !self.pending.is_empty()
-            && let Poll::Ready(Some((result, after))) = self.pending.poll_next_unpin(cx)
+            && let Poll::Ready(Some((result, after))) = self.pending.poll_next(cx)
         {
             if ring.is_ready() {
                 // The wake was taken from the doorbell: ring it again for the next turn.
@@ -889,7 +921,7 @@ impl Connection {
             let persistent = state
                 .sessions
                 .get(&self.client_id)
-                .is_some_and(Session::persistent);
+                .is_some_and(|s| s.persistent());
             if qos == Qos::ExactlyOnce {
                 let id = packet_id.expect("qos 2 has a packet id").get();
                 let session = state
@@ -1351,7 +1383,9 @@ impl Connection {
     /// The connection ended: will, shared-subscription hand-over, session expiry.
     async fn finish(mut self, end: End) {
         // Answer what is already durable before going.
-        while let Some((result, after)) = self.pending.next().await {
+        while let Some((result, after)) =
+            std::future::poll_fn(|cx| self.pending.poll_next(cx)).await
+        {
             if self.complete(result, after).is_err() {
                 break;
             }

@@ -2,6 +2,7 @@
 //! WebSocket over TLS), which is set up inside the connection's own task so a slow
 //! handshake never holds up the accept loop or other clients.
 
+use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -10,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,6 +123,40 @@ impl AsyncWrite for Writer {
     }
 }
 
+/// A connection's task as spawned: counts the connection out when it ends, and turns a
+/// panic into the end of that connection. A struct rather than an `async` block, which
+/// would keep a second copy of the connection's state.
+struct Guarded {
+    task: connection::ConnectionTask,
+    shared: Arc<super::Shared>,
+    peer: std::net::SocketAddr,
+}
+
+impl Future for Guarded {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let guarded = self.get_mut();
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut guarded.task).poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => {}
+            Err(_) => {
+                tracing::error!(peer = %guarded.peer, "connection task panicked");
+                // Its state may be half-changed: never poll it again.
+                guarded.task = connection::ConnectionTask::Done;
+            }
+        }
+        guarded
+            .shared
+            .stats
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
+        Poll::Ready(())
+    }
+}
+
 /// Accepts connections on `socket` until shutdown; one task per connection.
 pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: Arc<Listener>) {
     loop {
@@ -138,20 +172,11 @@ pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: A
                     .stats
                     .connected
                     .fetch_add(1, Ordering::Relaxed);
-                let listener = listener.clone();
                 // One task per connection (its size is most of an idle connection's
                 // memory); a panic in it ends that connection only.
-                broker.shared.tracker.clone().spawn(async move {
-                    let shared = broker.shared.clone();
-                    let served =
-                        AssertUnwindSafe(connection::serve(broker, stream, peer, listener))
-                            .catch_unwind()
-                            .await;
-                    if served.is_err() {
-                        tracing::error!(%peer, "connection task panicked");
-                    }
-                    shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
-                });
+                let shared = broker.shared.clone();
+                let task = connection::serve(broker, stream, peer, listener.clone());
+                shared.tracker.clone().spawn(Guarded { task, shared, peer });
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, keep serving.

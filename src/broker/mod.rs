@@ -420,7 +420,7 @@ fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
         let client_id = ByteString::from(client_id);
         state.sessions.insert(
             client_id.clone(),
-            Session::new(client_id.clone(), record.expiry, version),
+            Box::new(Session::new(client_id.clone(), record.expiry, version)),
         );
         for sub in record.subscriptions {
             let raw = ByteString::from(sub.filter);

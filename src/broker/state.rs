@@ -33,7 +33,9 @@ pub struct RoutePlan {
 /// All sessions, subscriptions and retained messages.
 pub struct State {
     /// Sessions by client id.
-    pub sessions: HashMap<ByteString, Session>,
+    /// Boxed: the map's buckets are sized for its capacity, which runs ahead of the
+    /// number of sessions, and a session is a few hundred bytes.
+    pub sessions: HashMap<ByteString, Box<Session>>,
     /// Every subscription of every session.
     pub tree: Tree<TreeEntry>,
     /// Retained messages by topic.
@@ -287,7 +289,7 @@ impl State {
     }
 
     /// Removes a session and its subscriptions from memory.
-    pub fn remove_session(&mut self, client: &ByteString) -> Option<Session> {
+    pub fn remove_session(&mut self, client: &ByteString) -> Option<Box<Session>> {
         let session = self.sessions.remove(client)?;
         for sub in session.subscriptions.values() {
             self.tree.remove(&sub.filter, client);
@@ -412,7 +414,7 @@ mod tests {
         let client = ByteString::from("offline");
         state.sessions.insert(
             client.clone(),
-            Session::new(client.clone(), u32::MAX, Version::V311),
+            Box::new(Session::new(client.clone(), u32::MAX, Version::V311)),
         );
         state.subscribe(
             &client,
