@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 mod connection;
 mod local;
+pub mod mosquitto_conf;
 pub mod session;
 pub mod state;
 mod sys;
