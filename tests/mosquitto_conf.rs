@@ -88,60 +88,26 @@ fn copy_rendered(from: &Path, to: &Path, dir: &Path, ports: &[u16; 3]) {
 
 /// A CA and a server certificate it signed, for the TLS listener of `listeners.conf`.
 fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
+    let openssl = |args: &str| {
         let status = Command::new("openssl")
-            .args(args)
+            .args(args.split(' '))
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("run openssl");
-        assert!(status.success(), "openssl {args:?}");
+        assert!(status.success(), "openssl {args}");
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(&format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca"
+    ));
+    openssl(&format!(
+        "req {ec} -keyout server.key -out server.csr -subj /CN=localhost"
+    ));
     openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat()
-        .into_iter()
-        .chain(["-days", "2", "-subj", "/CN=test-ca"])
-        .collect::<Vec<_>>(),
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2",
     );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", "server.key", "-out", "server.csr"],
-        ]
-        .concat()
-        .into_iter()
-        .chain(["-subj", "/CN=localhost"])
-        .collect::<Vec<_>>(),
-    );
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-    ]);
 }
 
 /// Lines of a child's stream, read on a thread; the channel closes when the stream does.

@@ -1337,7 +1337,9 @@ impl Reader {
             let total = if limited.iter().any(|(n, _)| *n < 0) {
                 usize::MAX
             } else {
-                limited.iter().map(|(n, _)| *n as usize).sum()
+                limited.iter().fold(0usize, |total, (n, _)| {
+                    total.saturating_add(usize::try_from(*n).unwrap_or(usize::MAX))
+                })
             };
             self.config.max_connections = total;
             if let Some((_, at)) = limited.get(1) {
