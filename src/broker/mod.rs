@@ -12,6 +12,7 @@ pub mod config;
 mod connection;
 mod listener;
 mod local;
+pub mod mosquitto_conf;
 pub mod session;
 pub mod signal;
 pub mod state;

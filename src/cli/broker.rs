@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::broker::mosquitto_conf::{self, ConfError};
 use crate::broker::{Broker, BrokerConfig, ListenerConfig, Persistence};
 
 /// Options of `headwater broker` (and the broker flags of `run`).
@@ -18,11 +19,56 @@ pub struct BrokerArgs {
     /// Keep nothing on disk (default: durable, under the data directory)
     #[arg(long)]
     pub memory: bool,
+    /// Read a Mosquitto configuration file (mosquitto.conf, with its include_dir) with
+    /// Mosquitto's meaning, except that persistence is on unless `persistence false` is
+    /// written; unsupported keys are warnings, unsupported security keys and malformed
+    /// lines stop the start. --listen, --memory and --data-dir override it. See
+    /// docs/mosquitto-conf.md
+    #[arg(short = 'c', long = "config-file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
 }
 
 impl BrokerArgs {
-    /// `config` with these flags applied.
-    pub fn apply(&self, mut config: BrokerConfig) -> anyhow::Result<BrokerConfig> {
+    /// `config` with these flags applied; for `run`, which has its own settings file and
+    /// does not read a Mosquitto file (yet).
+    pub fn apply(&self, config: BrokerConfig) -> anyhow::Result<BrokerConfig> {
+        if let Some(file) = &self.config_file {
+            // Refused rather than ignored: a user who wrote it expects it to count.
+            anyhow::bail!(
+                "`-c {}`: a Mosquitto configuration file is read by `headwater broker` only; give `run` its broker settings in the `broker:` section of its settings file",
+                file.display()
+            );
+        }
+        self.overrides(config)
+    }
+
+    /// The broker settings of `headwater broker`: the Mosquitto file of `-c` (its
+    /// warnings logged, one line each) or the defaults, with the flags applied; and the
+    /// data directory the file names (`persistence_location`).
+    pub fn load(&self) -> anyhow::Result<(BrokerConfig, Option<PathBuf>)> {
+        let Some(file) = &self.config_file else {
+            return Ok((self.overrides(BrokerConfig::default())?, None));
+        };
+        let loaded = mosquitto_conf::load(file).map_err(|error| match &error {
+            ConfError::Invalid(errors) => anyhow::anyhow!(
+                "{} has {} error{}; the broker does not start:\n{error}",
+                file.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            ),
+            ConfError::Read { .. } => {
+                anyhow::Error::new(error).context("cannot read the Mosquitto configuration")
+            }
+        })?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(file = %file.display(), "read Mosquitto configuration");
+        Ok((self.overrides(loaded.config)?, loaded.data_dir))
+    }
+
+    /// `config` with --listen and --memory applied.
+    fn overrides(&self, mut config: BrokerConfig) -> anyhow::Result<BrokerConfig> {
         if !self.listen.is_empty() {
             config.listeners = self
                 .listen
@@ -54,10 +100,11 @@ pub async fn start(config: BrokerConfig, data_dir: &Path) -> anyhow::Result<Brok
     Ok(broker)
 }
 
-/// Runs the broker alone until SIGINT or SIGTERM.
+/// Runs the broker alone until SIGINT or SIGTERM; `data_dir` is the --data-dir flag,
+/// which wins over the Mosquitto file's `persistence_location`.
 pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = args.apply(BrokerConfig::default())?;
-    let data_dir = super::data_dir(data_dir, None);
+    let (config, from_file) = args.load()?;
+    let data_dir = super::data_dir(data_dir, from_file);
     let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = super::run::ShutdownSignals::listen()?;
