@@ -25,13 +25,13 @@ pub struct BrokerConfig {
     /// Largest packet accepted, in bytes (default 1 MiB; MQTT allows 256 MiB).
     pub max_packet_size: u32,
     /// Most QoS 1/2 messages sent to a client and not yet acknowledged (default 20, as
-    /// Mosquitto); lowered further by a v5 client's receive maximum.
+    /// Mosquitto; 0 = no limit); lowered further by a v5 client's receive maximum.
     pub max_inflight_messages: u16,
     /// Most QoS 1/2 messages a client may have sent us unacknowledged (our v5 receive
     /// maximum, default 1024).
     pub receive_maximum: u16,
     /// Most messages queued for one client beyond its inflight window (default 1000, as
-    /// Mosquitto); more are dropped and counted.
+    /// Mosquitto; 0 = no limit); more are dropped and counted.
     pub max_queued_messages: usize,
     /// Highest keepalive a client may ask for, in seconds (default 65535); v5 clients
     /// asking for more (or for none) are told to use this.

@@ -593,7 +593,11 @@ impl Connection {
         self.client_alias_max = connect.topic_alias_max;
         // `max_inflight_messages` bounds network clients; a flow sets its own window.
         let window = match self.peer {
-            Peer::Tcp(_) => connect.receive_max.min(config.max_inflight_messages),
+            // 0 is no limit, as in Mosquitto.
+            Peer::Tcp(_) if config.max_inflight_messages > 0 => {
+                connect.receive_max.min(config.max_inflight_messages)
+            }
+            Peer::Tcp(_) => connect.receive_max,
             Peer::Local => connect.receive_max,
         };
         self.window = usize::from(window).max(1);

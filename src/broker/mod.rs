@@ -204,7 +204,8 @@ impl Broker {
         let mut listeners = Vec::new();
         for listener in &self.shared.config.listeners {
             let address = format!("{}:{}", listener.host, listener.port);
-            let bound = TcpListener::bind(&address)
+            // A (host, port) pair, so an IPv6 host such as `::1` needs no brackets.
+            let bound = TcpListener::bind((listener.host.as_str(), listener.port))
                 .await
                 .map_err(|source| BrokerError::Bind {
                     address: address.clone(),

@@ -176,7 +176,8 @@ impl State {
         // The bound is applied here, before anything is written, so a message dropped
         // for a full queue cannot come back from the store after a restart. Deliveries
         // planned but not yet applied may overshoot it by a commit's worth.
-        if session.queue.len() >= self.max_queued {
+        // 0 is no limit, as in Mosquitto.
+        if self.max_queued > 0 && session.queue.len() >= self.max_queued {
             session.dropped += 1;
             if session.dropped == 1 || session.dropped.is_power_of_two() {
                 tracing::warn!(
