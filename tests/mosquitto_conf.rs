@@ -470,3 +470,53 @@ fn an_unreadable_file_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn run_reads_the_broker_from_a_settings_file_naming_a_mosquitto_conf() {
+    let dir = world_readable_dir();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("mosquitto.conf"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n"),
+    )
+    .unwrap();
+    let settings = dir.path().join("headwater.yaml");
+    std::fs::write(
+        &settings,
+        "version: 1\nmosquitto_conf: mosquitto.conf\ndata_dir: data\nflows: {}\n",
+    )
+    .unwrap();
+    let gateway = Gateway::start(&["run", settings.to_str().unwrap()]);
+    // The warning names the Mosquitto file and its line.
+    let warning = gateway.wait_for("mosquitto.conf:3");
+    assert!(warning.contains("log_dest"), "{warning}");
+    assert_eq!(gateway.listening_port(), port);
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "t", "-m", "m", "-q", "1"])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success());
+}
+
+#[test]
+fn a_settings_file_with_both_broker_and_mosquitto_conf_is_refused() {
+    let dir = world_readable_dir();
+    std::fs::write(dir.path().join("m.conf"), "listener 1883\n").unwrap();
+    let settings = dir.path().join("headwater.yaml");
+    std::fs::write(
+        &settings,
+        "version: 1\nmosquitto_conf: m.conf\nbroker: {}\nflows: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args(["check", settings.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("headwater.yaml:3:1") && stderr.contains("keep one"),
+        "{stderr}"
+    );
+}

@@ -23,6 +23,9 @@ pub fn run(
     let data_dir = super::data_dir(data_dir_flag, set.settings.data_dir.clone());
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    for warning in &set.settings.broker_warnings {
+        tracing::warn!("{warning}");
+    }
     let broker_config = match broker_args {
         Some(args) => {
             let config = args.apply(set.settings.broker.clone().unwrap_or_default())?;

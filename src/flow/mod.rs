@@ -44,8 +44,11 @@ pub enum Delivery {
 pub struct Settings {
     /// `data_dir:`, relative to the file that sets it.
     pub data_dir: Option<PathBuf>,
-    /// `broker:`, the built-in MQTT broker (defaults when absent).
+    /// `broker:`, the built-in MQTT broker (defaults when absent), or what
+    /// `mosquitto_conf:` said.
     pub broker: Option<crate::broker::BrokerConfig>,
+    /// Warnings from reading `mosquitto_conf:` (`file:line: ...`), for the log.
+    pub broker_warnings: Vec<String>,
 }
 
 /// A loaded, validated set of flow files.
@@ -181,11 +184,16 @@ impl Loader {
                     }
                 }
                 "flows" => self.flows(file, value),
-                "data_dir" | "broker" => self.settings(file, &key.name, key.pos, value),
+                "data_dir" | "broker" | "mosquitto_conf" => {
+                    self.settings(file, &key.name, key.pos, value)
+                }
                 other => {
                     let message = format!(
-                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker` or `data_dir`",
-                        suggest(other, &["version", "flows", "broker", "data_dir"])
+                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker`, `mosquitto_conf` or `data_dir`",
+                        suggest(
+                            other,
+                            &["version", "flows", "broker", "mosquitto_conf", "data_dir"]
+                        )
                     );
                     self.error(file, key.pos, message);
                 }
@@ -215,19 +223,49 @@ impl Loader {
         }
         self.settings_at = Some((file.clone(), pos));
         if key == "broker" {
+            if self.settings.broker.is_some() {
+                self.error(
+                    file,
+                    pos,
+                    "`broker` and `mosquitto_conf` both configure the broker; keep one".to_string(),
+                );
+                return;
+            }
             self.broker_settings(file, value);
             return;
         }
-        match value.as_str() {
-            Some(dir) => {
-                let base = file.path.parent().unwrap_or(Path::new("."));
-                self.settings.data_dir = Some(base.join(dir));
-            }
-            None => self.error(
+        let Some(path) = value.as_str() else {
+            self.error(
                 file,
                 value.pos,
-                format!("`data_dir` must be a path, found {}", value.kind_name()),
-            ),
+                format!("`{key}` must be a path, found {}", value.kind_name()),
+            );
+            return;
+        };
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        if key == "data_dir" {
+            self.settings.data_dir = Some(base.join(path));
+            return;
+        }
+        if self.settings.broker.is_some() {
+            self.error(
+                file,
+                pos,
+                "`broker` and `mosquitto_conf` both configure the broker; keep one".to_string(),
+            );
+            return;
+        }
+        match crate::broker::mosquitto_conf::load(&base.join(path)) {
+            Ok(loaded) => {
+                // The flow file's own `data_dir` wins over `persistence_location`.
+                if self.settings.data_dir.is_none() {
+                    self.settings.data_dir = loaded.data_dir;
+                }
+                self.settings.broker_warnings =
+                    loaded.warnings.iter().map(ToString::to_string).collect();
+                self.settings.broker = Some(loaded.config);
+            }
+            Err(e) => self.error(file, value.pos, format!("`mosquitto_conf`: {e}")),
         }
     }
 
@@ -245,9 +283,21 @@ impl Loader {
                 return;
             }
         };
-        // Mosquitto 2's rule: anonymous access only on loopback unless said outright.
+        // Mosquitto 2's rule: anonymous access only on loopback unless said outright
+        // (or clients authenticate: a password file, or certificates as identities).
         if config.allow_anonymous != Some(true) {
             for (i, listener) in config.listeners.iter().enumerate() {
+                let authenticated = if config.per_listener_settings {
+                    listener.allow_anonymous == Some(false) || listener.password_file.is_some()
+                } else {
+                    config.password_file.is_some()
+                } || (listener.tls.require_certificate
+                    && listener.tls.use_identity_as_username);
+                if authenticated
+                    || (config.per_listener_settings && listener.allow_anonymous == Some(true))
+                {
+                    continue;
+                }
                 let loopback = listener
                     .host
                     .parse::<std::net::IpAddr>()
