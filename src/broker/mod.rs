@@ -14,6 +14,7 @@ mod local;
 pub mod session;
 pub mod state;
 mod sys;
+pub mod tls;
 pub mod topic;
 
 use std::num::NonZeroU16;
