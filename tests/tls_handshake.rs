@@ -239,6 +239,31 @@ async fn expired_crl_refuses_every_client() {
     assert_certificate_refused(server.outcome().await, "ExpiredRevocationList");
 }
 
+/// With a `crlfile`, a client of a trusted CA that has no CRL in it has an unknown
+/// revocation status and is refused (OpenSSL's CRL check, and so Mosquitto, does
+/// the same).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_of_a_ca_without_crl_is_refused() {
+    let pki = Pki::new();
+    let good = pki.client("good");
+    let other = pki.untrusted_client("other");
+    let both = pki.dir().join("both-cas.pem");
+    let trusted = std::fs::read_to_string(pki.ca_file()).unwrap();
+    let second = std::fs::read_to_string(pki.untrusted_ca_file()).unwrap();
+    std::fs::write(&both, trusted + second.as_str()).unwrap();
+    let mut config = settings(&pki, true);
+    config.cafile = Some(both);
+    config.crlfile = Some(pki.write_crl(&[]));
+    let mut server = Server::start(&config, HANDSHAKE).await;
+
+    let client = s_client(server.port, &pki.ca_file(), Some(&good), &[]).await;
+    assert_accepted(&client, "good");
+    server.outcome().await.unwrap();
+    let client = s_client(server.port, &pki.ca_file(), Some(&other), &[]).await;
+    assert_refused(&client);
+    assert_certificate_refused(server.outcome().await, "UnknownRevocationStatus");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_from_an_untrusted_ca_is_refused() {
     let pki = Pki::new();
