@@ -155,6 +155,12 @@ impl TlsAcceptor {
                  require_certificate: true"
             );
         }
+        if config.crlfile.is_some() && !config.require_certificate {
+            tracing::warn!(
+                "tls crlfile has no effect without require_certificate: no client \
+                 certificate is asked for"
+            );
+        }
         Ok(TlsAcceptor {
             shared: Arc::new(Shared {
                 settings: config.clone(),
@@ -314,8 +320,8 @@ fn build_server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
     // it, so a revoked client cannot skip the new check. Stateless tickets also keep
     // resumption state out of the server's memory.
     server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setting {
-        key: "certfile",
-        message: format!("cannot make a session ticket key: {e}"),
+        key: "session tickets",
+        message: format!("cannot make a ticket key (is the system's random source working?): {e}"),
     })?;
     server.send_tls13_tickets = TLS13_TICKETS;
     Ok(server)
