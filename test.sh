@@ -12,7 +12,8 @@ as_root() {
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS fixtures of tests/mosquitto_conf.rs
+# openssl: the TLS client of tests/tls_handshake.rs and the certificates of tests/mosquitto_conf.rs.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq

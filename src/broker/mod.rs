@@ -17,6 +17,7 @@ pub mod session;
 pub mod signal;
 pub mod state;
 mod sys;
+pub mod tls;
 pub mod topic;
 
 use std::num::NonZeroU16;

@@ -231,3 +231,6 @@ pub fn headwater_broker(data: &Path) -> (Gateway, u16) {
     let port = gateway.listening_port();
     (gateway, port)
 }
+
+/// A test PKI (CAs, server and client certificates, CRLs) as PEM files.
+pub mod pki;
