@@ -1491,10 +1491,9 @@ mod tests {
             .await
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let listener = std::sync::Arc::new(super::Listener {
-            index: 0,
-            config: crate::broker::ListenerConfig::default(),
-        });
+        let listener = std::sync::Arc::new(
+            super::Listener::new(0, crate::broker::ListenerConfig::default()).unwrap(),
+        );
         let task = super::serve(broker, stream, peer, listener);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");

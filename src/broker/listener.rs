@@ -16,6 +16,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::config::ListenerConfig;
+use super::tls::{TlsAcceptor, TlsError};
+
+/// How long a TLS handshake or a WebSocket upgrade may take; a slow one ends only its
+/// own connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 use super::{Broker, connection};
 
 /// A byte stream a client speaks MQTT over, once any handshake is done.
@@ -23,17 +28,19 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// A configured listener as the accept loop and its connections see it.
-#[expect(dead_code, reason = "read once authentication and TLS are wired in")]
+#[expect(dead_code, reason = "the realm index is read once authentication is wired in")]
 pub(crate) struct Listener {
     /// Position in `broker.listeners`: selects the listener's authentication realm
     /// under `per_listener_settings`.
     pub index: usize,
     /// Its settings.
     pub config: ListenerConfig,
+    /// TLS, when configured; reloaded in place.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// The two directions of a client's stream.
-#[expect(dead_code, reason = "read once authentication is wired in")]
+#[expect(dead_code, reason = "the certificate name is read once authentication is wired in")]
 pub(crate) struct Transport {
     /// Bytes from the client.
     pub reader: Reader,
@@ -44,20 +51,37 @@ pub(crate) struct Transport {
 }
 
 impl Listener {
-    /// Runs the handshakes this listener demands on a new TCP connection.
+    /// Makes the listener of `config` (reads its TLS files).
+    pub fn new(index: usize, config: ListenerConfig) -> Result<Listener, TlsError> {
+        let tls = config
+            .tls
+            .enabled()
+            .then(|| TlsAcceptor::new(&config.tls))
+            .transpose()?;
+        Ok(Listener { index, config, tls })
+    }
+
+    /// Runs the handshakes this listener demands on a new TCP connection, each within
+    /// `HANDSHAKE_TIMEOUT`.
     pub async fn open(&self, stream: TcpStream) -> io::Result<Transport> {
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        Ok(Transport {
-            reader: Reader::Tcp(read),
-            writer: Writer::Tcp(write),
-            cert_name: None,
-        })
+        let Some(tls) = &self.tls else {
+            let (read, write) = stream.into_split();
+            return Ok(Transport {
+                reader: Reader::Tcp(read),
+                writer: Writer::Tcp(write),
+                cert_name: None,
+            });
+        };
+        let (stream, cert_name) = tls
+            .accept(stream, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(wrapped(Box::new(stream), cert_name))
     }
 }
 
 /// Wraps a handshaken stream; TCP keeps its cheaper owned halves.
-#[expect(dead_code, reason = "used once TLS and WebSockets are wired in")]
 fn wrapped(stream: Box<dyn ByteStream>, cert_name: Option<String>) -> Transport {
     let (read, write) = tokio::io::split(stream);
     Transport {

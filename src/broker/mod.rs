@@ -58,6 +58,14 @@ pub enum BrokerError {
     /// The store could not be opened or read.
     #[error("broker store: {0}")]
     Store(#[from] StoreError),
+    /// A listener's TLS files cannot be used.
+    #[error("listener {address}: {source}")]
+    Tls {
+        /// host:port
+        address: String,
+        /// What is wrong.
+        source: tls::TlsError,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -113,6 +121,8 @@ pub struct Shared {
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The configured listeners, in order, with their TLS set up.
+    listeners: Vec<Arc<listener::Listener>>,
     next_connection: AtomicU64,
     started: std::time::Instant,
 }
@@ -145,6 +155,7 @@ impl Broker {
     /// Opens the store under `data_dir` (or memory), and restores sessions,
     /// subscriptions, queued and inflight messages, QoS 2 state and retained messages.
     pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Broker, BrokerError> {
+        tls::install_crypto_provider();
         let path = match config.persistence {
             Persistence::Durable => {
                 std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -164,6 +175,19 @@ impl Broker {
             config.persistence == Persistence::Durable,
         );
         recover(&store, &mut state)?;
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                listener::Listener::new(index, listener.clone())
+                    .map(Arc::new)
+                    .map_err(|source| BrokerError::Tls {
+                        address: format!("{}:{}", listener.host, listener.port),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let broker = Broker {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -172,6 +196,7 @@ impl Broker {
                 stats: Stats::default(),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                listeners,
                 next_connection: AtomicU64::new(1),
                 started: std::time::Instant::now(),
             }),
@@ -220,11 +245,8 @@ impl Broker {
     /// Starts serving `sockets` (from `bind`, in the order of the configured
     /// listeners) and `$SYS`; returns at once.
     pub fn start(&self, sockets: Vec<TcpListener>) {
-        for (index, (socket, config)) in sockets
-            .into_iter()
-            .zip(self.shared.config.listeners.clone())
-            .enumerate()
-        {
+        for (socket, listener) in sockets.into_iter().zip(self.shared.listeners.clone()) {
+            let config = &listener.config;
             if let Ok(address) = socket.local_addr() {
                 // The address last: tests and scripts read the port from the line's end.
                 tracing::info!(
@@ -234,7 +256,6 @@ impl Broker {
                     "broker listening"
                 );
             }
-            let listener = Arc::new(listener::Listener { index, config });
             self.shared
                 .tracker
                 .spawn(listener::accept_loop(self.clone(), socket, listener));
@@ -272,6 +293,26 @@ impl Broker {
     /// Milliseconds on the broker's clock (for keepalives).
     fn clock_ms(&self) -> u64 {
         signal::elapsed_ms(self.shared.started)
+    }
+
+    /// Rereads what may change under a running broker (SIGHUP): TLS certificates, keys
+    /// and CRLs. A listener whose new files are broken keeps its old ones; the errors
+    /// are logged and returned.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for listener in &self.shared.listeners {
+            if let Some(tls) = &listener.tls
+                && let Err(e) = tls.reload()
+            {
+                let address = format!("{}:{}", listener.config.host, listener.config.port);
+                tracing::error!(%address, "TLS reload failed, keeping the old certificates: {e}");
+                errors.push(format!("listener {address}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            tracing::info!("broker settings reloaded");
+        }
+        errors
     }
 
     /// Publishes a message from the broker itself (`$SYS`, wills): routed like a

@@ -97,7 +97,22 @@ pub async fn start(config: BrokerConfig, data_dir: &Path) -> anyhow::Result<Brok
     let broker = Broker::open(config, &data_dir.join("broker"))?;
     let listeners = broker.bind().await?;
     broker.start(listeners);
+    reload_on_sighup(broker.clone())?;
     Ok(broker)
+}
+
+/// SIGHUP rereads certificates, CRLs, password and ACL files, as it does for
+/// Mosquitto; broken new files leave the old ones in force.
+fn reload_on_sighup(broker: Broker) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the broker's files");
+            broker.reload();
+        }
+    });
+    Ok(())
 }
 
 /// Runs the broker alone until SIGINT or SIGTERM; `data_dir` is the --data-dir flag,

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Lines a child prints on one stream, read on a thread.
-fn line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub fn line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -29,7 +29,7 @@ fn line_reader(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_line(lines: &mpsc::Receiver<String>, needle: &str, what: &str) -> String {
+pub fn wait_line(lines: &mpsc::Receiver<String>, needle: &str, what: &str) -> String {
     loop {
         match lines.recv_timeout(PATIENCE) {
             Ok(line) if line.contains(needle) => return line,
