@@ -58,6 +58,11 @@ impl Remote {
     /// Starts Mosquitto on a free port; with `persistent`, its sessions survive a
     /// restart (saved in `dir` on SIGTERM).
     fn start(dir: &Path, persistent: bool) -> Remote {
+        Self::start_with(dir, persistent, "")
+    }
+
+    /// As [`Remote::start`], with `listener_options` added to the main listener (TLS).
+    fn start_with(dir: &Path, persistent: bool, listener_options: &str) -> Remote {
         let port = free_port();
         let conf = dir.join(format!("remote-{port}.conf"));
         let persistence = if persistent {
@@ -75,7 +80,7 @@ impl Remote {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type all\n"
+                "per_listener_settings false\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type all\nlistener {port} 127.0.0.1\n{listener_options}"
             ),
         )
         .unwrap();
@@ -648,5 +653,161 @@ async fn messages_queued_for_a_down_remote_survive_a_restart_of_the_hub() {
     let mut collected = Sub::start(remote.port, &collector);
     collected.until_seen(&(1..=100).map(|n| n.to_string()).collect());
     bridge.stop().await;
+    broker.shutdown().await;
+}
+
+/// Runs `openssl ARGS...` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A test CA in `dir` (`ca.crt`, `ca.key`) and certificates it signs: `NAME.crt` and
+/// `NAME.key` for each (name, subjectAltName, extendedKeyUsage). Everything is made
+/// world-readable: Mosquitto reads its files after dropping root.
+fn certificates(dir: &Path, leaves: &[(&str, &str, &str)]) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=bridge test ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    for (name, san, usage) in leaves {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let ext = format!("{name}.ext");
+        let subject = format!("/CN={name}");
+        let mut request = vec!["req", "-subj", subject.as_str()];
+        request.extend(ec);
+        request.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+        openssl(dir, &request);
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    let status = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A Mosquitto remote whose main listener speaks TLS with `server.crt` and demands a
+/// client certificate; `plain` is a second, plain listener for the test's own clients.
+fn tls_remote(dir: &Path, plain: u16) -> Remote {
+    let options = format!(
+        "cafile {dir}/ca.crt\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\nrequire_certificate true\nlistener {plain} 127.0.0.1\n",
+        dir = dir.display()
+    );
+    Remote::start_with(dir, false, &options)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bridge_over_tls_with_a_client_certificate_reaches_the_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(
+        &certs,
+        &[
+            ("server", "IP:127.0.0.1,DNS:localhost", "serverAuth"),
+            ("hub", "DNS:hub.test", "clientAuth"),
+        ],
+    );
+    let plain = free_port();
+    let remote = tls_remote(&certs, plain);
+    let (broker, port) = local_broker(&dir.path().join("hub")).await;
+    let mut state = StateWatch::new(&broker).await;
+    let mut config = bridge_config(
+        &[remote.port],
+        vec![topic("t/#", BridgeDirection::Out, 1, "", "secure/")],
+    );
+    config.bridge_cafile = Some(certs.join("ca.crt"));
+    config.bridge_certfile = Some(certs.join("hub.crt"));
+    config.bridge_keyfile = Some(certs.join("hub.key"));
+    let bridge = Running::start(&broker, config);
+    state.until("1").await;
+    let mut far = Sub::start(plain, &["-t", "secure/#", "-q", "1"]);
+    publish(port, "t/1", "over tls", 1);
+    assert_eq!(far.next(), ("secure/t/1".into(), "over tls".into()));
+    bridge.stop().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bridge_insecure_skips_only_the_host_name_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // The remote's certificate names another host than the one the bridge dials.
+    certificates(
+        &certs,
+        &[
+            ("server", "DNS:elsewhere.example", "serverAuth"),
+            ("hub", "DNS:hub.test", "clientAuth"),
+        ],
+    );
+    let plain = free_port();
+    let remote = tls_remote(&certs, plain);
+    let (broker, port) = local_broker(&dir.path().join("hub")).await;
+    let mut config = bridge_config(
+        &[remote.port],
+        vec![topic("t/#", BridgeDirection::Out, 1, "", "")],
+    );
+    config.bridge_cafile = Some(certs.join("ca.crt"));
+    config.bridge_certfile = Some(certs.join("hub.crt"));
+    config.bridge_keyfile = Some(certs.join("hub.key"));
+
+    // Checked, the name does not match: the bridge ends the handshake itself.
+    let checked = Running::start(&broker, config.clone());
+    let refusal = remote.wait_for("OpenSSL Error");
+    assert!(refusal.contains("certificate"), "{refusal}");
+    checked.stop().await;
+
+    let mut state = StateWatch::new(&broker).await;
+    config.bridge_insecure = true;
+    let insecure = Running::start(&broker, config);
+    state.until("1").await;
+    let mut far = Sub::start(plain, &["-t", "t/#", "-q", "1"]);
+    publish(port, "t/1", "name not checked", 1);
+    assert_eq!(far.next(), ("t/1".into(), "name not checked".into()));
+    insecure.stop().await;
     broker.shutdown().await;
 }
