@@ -509,8 +509,8 @@ async fn both_ways_with_mosquitto(protocol: Option<&str>) {
     // Mosquitto took the CONNECT's bridge bit (v3) or saw a v5 client: it logs which.
     let connected = remote.wait_for(&format!("as {REMOTE_ID}"));
     let expected = match protocol {
-        None => "New bridge connected",
-        Some(_) => "New client connected",
+        Some("mqttv50") => "New client connected",
+        _ => "New bridge connected",
     };
     assert!(connected.contains(expected), "{connected}");
     remote.wait_for(&format!("Sending SUBACK to {REMOTE_ID}"));
@@ -524,6 +524,11 @@ async fn both_ways_with_mosquitto(protocol: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_both_topic_neither_loops_nor_echoes_with_mosquitto_over_mqtt_3_1_1_and_the_bridge_bit() {
     both_ways_with_mosquitto(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_both_topic_neither_loops_nor_echoes_with_mosquitto_over_mqtt_3_1_and_the_bridge_bit() {
+    both_ways_with_mosquitto(Some("mqttv31")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -809,5 +814,73 @@ async fn bridge_insecure_skips_only_the_host_name_check() {
     publish(port, "t/1", "name not checked", 1);
     assert_eq!(far.next(), ("t/1".into(), "name not checked".into()));
     insecure.stop().await;
+    broker.shutdown().await;
+}
+
+/// Reads one MQTT packet from a raw socket: (first byte, body).
+async fn read_packet(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let first = stream.read_u8().await.expect("a packet");
+    let mut remaining = 0usize;
+    for shift in [0, 7, 14, 21] {
+        let byte = stream.read_u8().await.expect("remaining length");
+        remaining |= usize::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; remaining];
+    stream.read_exact(&mut body).await.expect("body");
+    (first, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remote_that_stops_answering_is_pinged_dropped_and_reconnected() {
+    use tokio::io::AsyncWriteExt;
+    // A remote that accepts the bridge, then never answers its PINGREQ.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote_port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = local_broker(&dir.path().join("hub")).await;
+    let mut state = StateWatch::new(&broker).await;
+    let mut config = bridge_config(
+        &[remote_port],
+        vec![topic("t/#", BridgeDirection::Out, 1, "", "")],
+    );
+    config.keepalive_interval = Some(5);
+    let bridge = Running::start(&broker, config);
+
+    let (mut stream, _) = silent.accept().await.unwrap();
+    let (connect, body) = read_packet(&mut stream).await;
+    assert_eq!(connect, 0x10);
+    assert_eq!(
+        &body[..7],
+        b"\0\x04MQTT\x84",
+        "MQTT 3.1.1 with the bridge bit"
+    );
+    assert_eq!(&body[8..10], &[0, 5], "keepalive 5 s");
+    stream.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    state.until("1").await;
+    // Whatever else comes first (the UNSUBSCRIBE of an `out` line), a PINGREQ follows
+    // within the keepalive; it is left unanswered.
+    loop {
+        let (first, _) = read_packet(&mut stream).await;
+        if first == 0xC0 {
+            break;
+        }
+    }
+    assert_eq!(
+        state.next().await,
+        "0",
+        "no PINGRESP: the link is declared dead"
+    );
+    // The bridge comes back on its own.
+    let (mut again, _) = silent.accept().await.unwrap();
+    let (connect, _) = read_packet(&mut again).await;
+    assert_eq!(connect, 0x10);
+    again.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    assert_eq!(state.next().await, "1");
+    drop(stream);
+    bridge.stop().await;
     broker.shutdown().await;
 }
