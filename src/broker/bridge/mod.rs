@@ -689,7 +689,7 @@ async fn attempt(
         }
     };
     loop {
-        match wire::decode(plan.version, &mut inbuf, 1024) {
+        match wire::decode(plan.version, &mut inbuf, 65_536) {
             Ok(Some(Incoming::ConnAck(ack))) if ack.accepted() => {
                 return Ok(Connected {
                     reader,
