@@ -7,6 +7,7 @@
 //! sessions; the state knows nothing about sockets.
 
 pub mod auth;
+pub mod bridge;
 pub mod codec;
 pub mod config;
 mod connection;
