@@ -214,8 +214,8 @@ pub struct BridgeConfig {
     /// `restart_timeout` base).
     #[serde(default)]
     pub restart_timeout: Option<u64>,
-    /// Most seconds between reconnect attempts; with it the wait doubles up to this
-    /// cap (Mosquitto's `restart_timeout BASE CAP`).
+    /// Most seconds between reconnect attempts; with it the wait is drawn at random
+    /// between the base and this cap, as Mosquitto's `restart_timeout BASE CAP` does.
     #[serde(default)]
     pub restart_timeout_cap: Option<u64>,
 }

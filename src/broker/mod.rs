@@ -262,6 +262,13 @@ impl Broker {
                 .spawn(listener::accept_loop(self.clone(), socket, listener));
         }
         self.shared.tracker.spawn(self.clone().keepalive_sweep());
+        for bridge in &self.shared.config.bridges {
+            self.shared.tracker.spawn(bridge::run(
+                self.clone(),
+                bridge.clone(),
+                self.shared.shutdown.child_token(),
+            ));
+        }
         if self.shared.config.sys_interval > 0 {
             let broker = self.clone();
             self.shared.tracker.spawn(sys::run(broker));

@@ -283,6 +283,32 @@ impl Loader {
                 return;
             }
         };
+        let mut names = std::collections::HashSet::new();
+        for (i, bridge) in config.bridges.iter().enumerate() {
+            let pos = value
+                .get("bridges")
+                .and_then(|b| match &b.value {
+                    tree::Value::Seq(items) => items.get(i),
+                    _ => None,
+                })
+                .map_or(value.pos, |n| n.pos);
+            for problem in crate::broker::bridge::validate(bridge) {
+                self.error(file, pos, format!("broker.bridges[{i}].{problem}"));
+            }
+            // Two bridges with one name would share one local session and take it
+            // from each other forever.
+            let id = crate::broker::bridge::remote_client_id(bridge, "");
+            if !names.insert(id) {
+                self.error(
+                    file,
+                    pos,
+                    format!(
+                        "`broker.bridges[{i}]`: a second bridge named `{}`; give each bridge its own `connection` (or `remote_clientid`)",
+                        bridge.connection
+                    ),
+                );
+            }
+        }
         // Mosquitto 2's rule: anonymous access only on loopback unless said outright
         // (or clients authenticate: a password file, or certificates as identities).
         if config.allow_anonymous != Some(true) {

@@ -97,6 +97,7 @@ pub fn flow_file_schema() -> Value {
         "properties": {
             "version": { "const": super::FORMAT_VERSION, "description": "Format version" },
             "data_dir": { "type": "string", "description": "Where state and files are kept (at most one file may set it)" },
+            "mosquitto_conf": { "type": "string", "description": "A mosquitto.conf that configures the built-in broker instead of `broker:` (relative to this file)" },
             "broker": { "$ref": "#/$defs/BrokerConfig" },
             "flows": {
                 "type": "object",
