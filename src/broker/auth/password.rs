@@ -346,6 +346,14 @@ impl PasswordFile {
         self.users.contains_key(username)
     }
 
+    /// `username`'s stored hash. After a reload, a connected client whose entry is
+    /// gone or differs from the one it logged in with (`old.hash(u) != new.hash(u)`)
+    /// no longer holds a valid password, and can be disconnected as Mosquitto does,
+    /// without keeping its password in memory.
+    pub fn hash(&self, username: &str) -> Option<&PasswordHash> {
+        self.users.get(username)
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.users.len()
@@ -414,6 +422,15 @@ mod tests {
             format!("{hash:?}"),
             "PasswordHash::Pbkdf2Sha512 { iterations: 101 }"
         );
+    }
+
+    #[test]
+    fn reloads_tell_changed_entries() {
+        let old = parse(&format!("{ALICE}\n{BOB}\n")).unwrap();
+        let new = parse(&format!("{ALICE}\n{CAROL}\n")).unwrap();
+        assert_eq!(old.hash("alice"), new.hash("alice"));
+        assert!(old.hash("bob").is_some() && new.hash("bob").is_none());
+        assert!(old.contains("bob") && !new.contains("bob"));
     }
 
     #[test]
