@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod check;
 mod graph;
+mod passwd;
 mod run;
 
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of the flow file format (for editor autocompletion)
     Schema,
+    /// Manage a Mosquitto password file: add or change a user, delete one (-D), or hash
+    /// a plain-text file (-U), as mosquitto_passwd does
+    Passwd(passwd::PasswdArgs),
     /// Measure Headwater against the software it replaces (see docs/benchmarks.md)
     Bench {
         /// What to measure
@@ -111,6 +115,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
         Command::Graph { files, format } => graph::graph(&files, format),
         Command::Bench { target } => bench::bench(target),
+        Command::Passwd(args) => passwd::passwd(&args),
         Command::Schema => {
             let schema = crate::flow::schema::flow_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -232,5 +232,40 @@ pub fn headwater_broker(data: &Path) -> (Gateway, u16) {
     (gateway, port)
 }
 
+/// Starts Mosquitto on a free port of 127.0.0.1 without persistence, with `extra`
+/// configuration lines (`allow_anonymous false`, `password_file ...`, `acl_file ...`),
+/// and waits until it listens. Started as root it drops to its own user: the files it
+/// reads must be world-readable.
+pub fn mosquitto_with(dir: &Path, extra: &str) -> Mosquitto {
+    let port = free_port();
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type all\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto (apt-get install mosquitto)");
+    let lines = line_reader(child.stderr.take().expect("stderr"));
+    // A configuration Mosquitto refuses ends it before it listens: show why.
+    loop {
+        match lines.recv_timeout(PATIENCE) {
+            Ok(line) if line.contains(" running") => break,
+            Ok(line) if line.contains("Error") => panic!("mosquitto refused {extra:?}: {line}"),
+            Ok(_) => {}
+            Err(e) => panic!("mosquitto did not start with {extra:?}: {e}"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Mosquitto { child, port }
+}
+
 /// A test PKI (CAs, server and client certificates, CRLs) as PEM files.
 pub mod pki;
