@@ -22,13 +22,15 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+use super::auth::acl::Access;
+use super::auth::realm::Refusal;
 use super::codec::{
     Codec, ConnAck, Connect, Packet, ProtocolViolation, Publish, Qos, Version, Will, reason,
 };
 use super::listener::{Listener, Reader, Writer};
 use super::session::{
-    self, Attached, INCOMING, Message, Queued, Session, Subscription, encode_queued, incoming_key,
-    queue_key,
+    self, Attached, INCOMING, Identity, Message, Queued, Session, Subscription, encode_queued,
+    incoming_key, queue_key,
 };
 use super::signal::{Ring, Signal};
 use super::state::State;
@@ -313,7 +315,7 @@ async fn start(
             return Started::Gone;
         }
     };
-    let (mut read, write) = (transport.reader, transport.writer);
+    let (mut read, write, cert_name) = (transport.reader, transport.writer, transport.cert_name);
     let mut codec = Codec::new(broker.shared.config.max_packet_size);
     let mut rbuf = BytesMut::new();
     // CONNECT first, within a deadline.
@@ -362,8 +364,27 @@ async fn start(
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
+    let login = Login {
+        realm: listener.index,
+        cert_name,
+        identity_is_username: listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.identity_is_username()),
+    };
     let conn = Connection::new(broker, codec, output, Peer::Tcp(peer));
-    conn.start(connect, Input::Tcp { read, rbuf }).await
+    conn.start(connect, Input::Tcp { read, rbuf }, Some(login))
+        .await
+}
+
+/// What a network connection brings to authentication besides its CONNECT.
+struct Login {
+    /// The listener's realm.
+    realm: usize,
+    /// The Common Name of a verified client certificate.
+    cert_name: Option<String>,
+    /// `use_identity_as_username`: the certificate name is the username.
+    identity_is_username: bool,
 }
 
 /// CONNECT and CONNACK of an in-process connection.
@@ -386,7 +407,7 @@ async fn start_local(
         out: VecDeque::new(),
     };
     let conn = Connection::new(broker, codec, output, Peer::Local);
-    conn.start(connect, Input::Local(rx)).await
+    conn.start(connect, Input::Local(rx), None).await
 }
 
 pub(crate) struct Connection {
@@ -400,6 +421,8 @@ pub(crate) struct Connection {
     conn_id: u64,
     /// Rung by routing (deliveries) and by takeover, shutdown and the keepalive sweep.
     signal: Arc<Signal>,
+    /// Who a network client logged in as (for the ACL); `None` in-process.
+    identity: Option<Arc<Identity>>,
     /// Boxed: most connections have none, and every byte here is paid per connection.
     will: Option<Box<Will>>,
     /// v5 topic aliases the client set up (alias -> topic).
@@ -432,6 +455,7 @@ impl Connection {
             version: Version::V311,
             conn_id,
             signal,
+            identity: None,
             will: None,
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
@@ -445,9 +469,9 @@ impl Connection {
     }
 
     /// CONNECT: accepted, or refused and to be finished.
-    async fn start(mut self, connect: Box<Connect>, input: Input) -> Started {
+    async fn start(mut self, connect: Box<Connect>, input: Input, login: Option<Login>) -> Started {
         let mut input = input;
-        let accepted = match self.accept(connect).await {
+        let accepted = match self.accept(connect, login).await {
             // Packets that arrived with the CONNECT.
             Ok(()) => match &mut input {
                 Input::Tcp { rbuf, .. } => self.decode_all(rbuf),
@@ -543,7 +567,7 @@ impl Connection {
     }
 
     /// CONNECT: sets up or resumes the session and answers CONNACK.
-    async fn accept(&mut self, connect: Box<Connect>) -> Result<(), End> {
+    async fn accept(&mut self, connect: Box<Connect>, login: Option<Login>) -> Result<(), End> {
         let config = &self.broker.shared.config;
         self.version = connect.version;
         let mut ack = ConnAck {
@@ -573,6 +597,20 @@ impl Connection {
             self.send(Packet::ConnAck(ack));
             let _ = self.flush().await;
             return Err(End::Abnormal("max_connections reached".into()));
+        }
+        // Who the client is, before anything of its session is touched.
+        if let Some(login) = login {
+            let broker = self.broker.clone();
+            match Self::authenticate(&broker, &connect, login, &client_id).await {
+                Ok(identity) => self.identity = Some(identity),
+                Err((code, why)) => {
+                    tracing::info!(peer = %self.peer, client = %client_id, "connection refused: {why}");
+                    ack.reason = code;
+                    self.send(Packet::ConnAck(ack));
+                    let _ = self.flush().await;
+                    return Err(End::Abnormal(why));
+                }
+            }
         }
         // Keepalive: never more than max_keepalive; v5 clients are told [MQTT-3.2.2-21].
         let mut keep_alive = connect.keep_alive;
@@ -638,6 +676,7 @@ impl Connection {
             let session = state.sessions.get_mut(&client_id).expect("inserted above");
             session.expiry = connect.session_expiry;
             session.version = connect.version;
+            session.identity = self.identity.clone();
             session.generation += 1;
             session.attached = Some(Attached {
                 id: self.conn_id,
@@ -703,6 +742,70 @@ impl Connection {
             *out = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Checks a network client's credentials against its listener's realm, and that
+    /// its will may be published; the identity the session keeps, or the CONNACK code
+    /// and reason of a refusal.
+    async fn authenticate(
+        broker: &Broker,
+        connect: &Connect,
+        login: Login,
+        client_id: &ByteString,
+    ) -> Result<Arc<Identity>, (u8, String)> {
+        let realm = broker.state().realms.get(login.realm).cloned();
+        let Some(realm) = realm else {
+            return Err((reason::NOT_AUTHORIZED, "the listener has no realm".into()));
+        };
+        let username = if login.identity_is_username {
+            // The verified certificate is the credential; a password is not asked.
+            match login.cert_name {
+                Some(name) => Some(ByteString::from(name)),
+                None => {
+                    return Err((
+                        reason::NOT_AUTHORIZED,
+                        "no client certificate name to use as the username".into(),
+                    ));
+                }
+            }
+        } else {
+            let (username, password) = (connect.username.clone(), connect.password.clone());
+            // PBKDF2 is slow on purpose: off the runtime's workers.
+            let checking = realm.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                checking.authenticate(username.as_deref(), password.as_deref())
+            })
+            .await
+            .unwrap_or(Err(Refusal::BadCredentials));
+            match verdict {
+                Ok(()) => connect.username.clone(),
+                Err(Refusal::BadCredentials) => {
+                    return Err((reason::BAD_CREDENTIALS, "bad username or password".into()));
+                }
+                Err(Refusal::NotAuthorized) => {
+                    return Err((
+                        reason::NOT_AUTHORIZED,
+                        "anonymous clients are not allowed".into(),
+                    ));
+                }
+            }
+        };
+        let identity = Arc::new(Identity {
+            realm: u16::try_from(login.realm).unwrap_or(u16::MAX),
+            username,
+        });
+        if let Some(will) = &connect.will
+            && !broker
+                .state()
+                .realms
+                .identity_may(client_id, &identity, &will.topic, Access::Write)
+        {
+            return Err((
+                reason::NOT_AUTHORIZED,
+                format!("the will's topic `{}` may not be written", will.topic),
+            ));
+        }
+        Ok(identity)
     }
 
     /// Handles one event of the running connection.
@@ -920,8 +1023,20 @@ impl Connection {
         let mut deliveries = Vec::new();
         let mut matched = true;
         let mut duplicate = false;
+        let mut denied = false;
         {
             let mut state = self.broker.state();
+            if let Some(identity) = &self.identity
+                && !state.realms.identity_may(
+                    &self.client_id,
+                    identity,
+                    &publish.topic,
+                    Access::Write,
+                )
+            {
+                denied = true;
+                tracing::debug!(client = %self.client_id, topic = %publish.topic, "publish refused by the ACL");
+            }
             let persistent = state
                 .sessions
                 .get(&self.client_id)
@@ -944,7 +1059,7 @@ impl Connection {
                     });
                 }
             }
-            if !duplicate && !too_big {
+            if !duplicate && !too_big && !denied {
                 publish.dup = false;
                 publish.packet_id = None;
                 let msg = Arc::new(Message {
@@ -970,8 +1085,14 @@ impl Connection {
         if too_big {
             tracing::debug!(client = %self.client_id, "publish over message_size_limit dropped");
         }
+        // A refused publish is answered 0x87 on v5; v3 has no way to say it, and
+        // Mosquitto acknowledges and drops it, as this does.
         let code = if too_big {
             reason::QUOTA_EXCEEDED
+        } else if denied && self.version == Version::V5 {
+            reason::NOT_AUTHORIZED
+        } else if denied {
+            reason::SUCCESS
         } else if !matched && self.version == Version::V5 {
             reason::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -1192,6 +1313,22 @@ impl Connection {
                         continue;
                     }
                 };
+                if let Some(identity) = &self.identity
+                    && !state.realms.identity_may(
+                        &self.client_id,
+                        identity,
+                        &filter.filter,
+                        Access::Subscribe,
+                    )
+                {
+                    tracing::debug!(client = %self.client_id, filter = %raw, "subscribe refused by the ACL");
+                    codes.push(if self.version == Version::V5 {
+                        reason::NOT_AUTHORIZED
+                    } else {
+                        0x80
+                    });
+                    continue;
+                }
                 if filter.share_group.is_some() && options.no_local {
                     drop(state);
                     return Err(self.protocol_error(
@@ -1218,6 +1355,16 @@ impl Connection {
                 };
                 if send_retained {
                     for msg in state.retained_for(&filter) {
+                        if let Some(identity) = &self.identity
+                            && !state.realms.identity_may(
+                                &self.client_id,
+                                identity,
+                                &msg.publish.topic,
+                                Access::Read,
+                            )
+                        {
+                            continue;
+                        }
                         let seq = state.next_seq;
                         state.next_seq += 1;
                         deliveries.push((

@@ -28,10 +28,6 @@ pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// A configured listener as the accept loop and its connections see it.
-#[expect(
-    dead_code,
-    reason = "the realm index is read once authentication is wired in"
-)]
 pub(crate) struct Listener {
     /// Position in `broker.listeners`: selects the listener's authentication realm
     /// under `per_listener_settings`.
@@ -43,10 +39,6 @@ pub(crate) struct Listener {
 }
 
 /// The two directions of a client's stream.
-#[expect(
-    dead_code,
-    reason = "the certificate name is read once authentication is wired in"
-)]
 pub(crate) struct Transport {
     /// Bytes from the client.
     pub reader: Reader,

@@ -50,6 +50,8 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// How long a group commit waits for company once someone waits on it: 1 ms cuts the
 /// fsyncs of a steady load and with them QoS 1 delivery latency (docs/benchmarks.md).
 const STORE_LINGER: Duration = Duration::from_millis(1);
+/// How often password and ACL files are looked at for changes.
+const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
 /// How often silent clients are looked for; a client is closed at most this late.
 const KEEPALIVE_SWEEP: Duration = Duration::from_millis(250);
 
@@ -67,6 +69,9 @@ pub enum BrokerError {
         /// What is wrong.
         source: tls::TlsError,
     },
+    /// A password or ACL file cannot be used.
+    #[error("{0}")]
+    Auth(#[from] auth::AuthFileError),
     /// A listener could not bind.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -175,6 +180,7 @@ impl Broker {
             config.max_queued_messages,
             config.persistence == Persistence::Durable,
         );
+        state.realms = auth::realm::Realms::load(&config)?;
         recover(&store, &mut state)?;
         let listeners = config
             .listeners
@@ -262,6 +268,7 @@ impl Broker {
                 .spawn(listener::accept_loop(self.clone(), socket, listener));
         }
         self.shared.tracker.spawn(self.clone().keepalive_sweep());
+        self.shared.tracker.spawn(self.clone().watch_auth_files());
         for bridge in &self.shared.config.bridges {
             self.shared.tracker.spawn(bridge::run(
                 self.clone(),
@@ -303,11 +310,14 @@ impl Broker {
         signal::elapsed_ms(self.shared.started)
     }
 
-    /// Rereads what may change under a running broker (SIGHUP): TLS certificates, keys
-    /// and CRLs. A listener whose new files are broken keeps its old ones; the errors
+    /// Rereads what may change under a running broker (SIGHUP): password and ACL files,
+    /// TLS certificates, keys and CRLs. A listener whose new files are broken keeps its old ones; the errors
     /// are logged and returned.
     pub fn reload(&self) -> Vec<String> {
-        let mut errors = Vec::new();
+        let mut errors = self.reload_realms(true);
+        for error in &errors {
+            tracing::error!("authentication files not reloaded, keeping the old ones: {error}");
+        }
         for listener in &self.shared.listeners {
             if let Some(tls) = &listener.tls
                 && let Err(e) = tls.reload()
@@ -321,6 +331,63 @@ impl Broker {
             tracing::info!("broker settings reloaded");
         }
         errors
+    }
+
+    /// Rereads the password and ACL files (all, or those changed on disk). New ACL
+    /// rules apply to connected clients at once; a client whose password changed or
+    /// whose user is gone is disconnected, as Mosquitto does. A realm whose new files
+    /// do not load keeps its old rules.
+    fn reload_realms(&self, force: bool) -> Vec<String> {
+        let current = self.state().realms.clone();
+        let (fresh, failed) = current.reload(force);
+        let errors: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        let mut state = self.state();
+        for session in state.sessions.values() {
+            let (Some(identity), Some(attached)) = (&session.identity, &session.attached) else {
+                continue;
+            };
+            let index = usize::from(identity.realm);
+            let (Some(old), Some(new)) = (current.get(index), fresh.get(index)) else {
+                continue;
+            };
+            if let Some(username) = &identity.username
+                && !new.same_credentials(old, username)
+            {
+                tracing::info!(client = %session.client_id, %username, "credentials changed: disconnecting");
+                attached.signal.kick(codec::reason::NOT_AUTHORIZED);
+            }
+        }
+        state.realms = fresh;
+        errors
+    }
+
+    /// Watches the password and ACL files and rereads them when they change.
+    async fn watch_auth_files(self) {
+        let mut tick = tokio::time::interval(AUTH_FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_errors = Vec::new();
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let changed = self.state().realms.changed_on_disk();
+            if !changed {
+                continue;
+            }
+            // A broken file stays "changed" until mended: say so once, not every poll.
+            let errors = self.reload_realms(false);
+            if errors.is_empty() {
+                tracing::info!("authentication files reloaded");
+            } else if errors != last_errors {
+                for error in &errors {
+                    tracing::error!(
+                        "authentication files not reloaded, keeping the old ones: {error}"
+                    );
+                }
+            }
+            last_errors = errors;
+        }
     }
 
     /// Publishes a message from the broker itself (`$SYS`, wills): routed like a
@@ -470,10 +537,14 @@ fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
             _ => codec::Version::V311,
         };
         let client_id = ByteString::from(client_id);
-        state.sessions.insert(
-            client_id.clone(),
-            Box::new(Session::new(client_id.clone(), record.expiry, version)),
-        );
+        let mut session = Session::new(client_id.clone(), record.expiry, version);
+        session.identity = record.realm.map(|realm| {
+            Arc::new(session::Identity {
+                realm,
+                username: record.username.map(ByteString::from),
+            })
+        });
+        state.sessions.insert(client_id.clone(), Box::new(session));
         for sub in record.subscriptions {
             let raw = ByteString::from(sub.filter);
             let Ok(filter) = topic::parse_filter(&raw) else {

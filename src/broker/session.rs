@@ -23,6 +23,15 @@ pub const INCOMING: Table = Table("broker.incoming_qos2");
 /// Retained messages by topic.
 pub const RETAINED: Table = Table("broker.retained");
 
+/// Who a network client is, as far as authorisation goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The listener realm it connected through.
+    pub realm: u16,
+    /// Its username (or certificate name), if any.
+    pub username: Option<ByteString>,
+}
+
 /// An application message as the broker routes it.
 #[derive(Debug)]
 pub struct Message {
@@ -113,6 +122,9 @@ pub struct Session {
     pub incoming: HashSet<u16>,
     /// The live connection, if any.
     pub attached: Option<Attached>,
+    /// Who the client logged in as, for the ACL; `None` for in-process clients
+    /// (flows, bridges), which no ACL applies to.
+    pub identity: Option<Arc<Identity>>,
     /// Bumped on every connect and disconnect; timers for will delay and session
     /// expiry act only if it has not moved.
     pub generation: u64,
@@ -134,6 +146,7 @@ impl Session {
             inflight: BTreeMap::new(),
             incoming: HashSet::new(),
             attached: None,
+            identity: None,
             generation: 0,
             last_packet_id: 0,
             dropped: 0,
@@ -176,6 +189,11 @@ impl Session {
                     id: sub.id.map(NonZeroU32::get),
                 })
                 .collect(),
+            realm: self.identity.as_ref().map(|i| i.realm),
+            username: self
+                .identity
+                .as_ref()
+                .and_then(|i| i.username.as_ref().map(ToString::to_string)),
         };
         Op::Put {
             table: SESSIONS,
@@ -212,6 +230,13 @@ pub struct SessionRecord {
     pub version: u8,
     /// Subscriptions.
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// The realm of the listener a network client came through (absent for
+    /// in-process clients and for records written before there were realms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<u16>,
+    /// The username it logged in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// How a subscription is stored.

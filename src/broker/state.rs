@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
+use super::auth::acl::Access;
+use super::auth::realm::Realms;
 use super::codec::{Qos, SubscriptionOptions};
 use super::session::{
     self, Message, Queued, RETAINED, Session, Subscription, TreeEntry, encode_queued,
@@ -36,6 +38,8 @@ pub struct State {
     /// Boxed: the map's buckets are sized for its capacity, which runs ahead of the
     /// number of sessions, and a session is a few hundred bytes.
     pub sessions: HashMap<ByteString, Box<Session>>,
+    /// Every listener's authentication and ACL rules (replaced on reload).
+    pub realms: Realms,
     /// Every subscription of every session.
     pub tree: Tree<TreeEntry>,
     /// Retained messages by topic.
@@ -54,6 +58,7 @@ impl State {
     /// Empty state.
     pub fn new(max_queued: usize, durable: bool) -> Self {
         State {
+            realms: Realms::default(),
             sessions: HashMap::new(),
             tree: Tree::default(),
             retained: HashMap::new(),
@@ -168,6 +173,11 @@ impl State {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
+        // Every delivery is checked, so a `#` subscriber never receives a topic it
+        // may not read.
+        if !self.realms.may(session, &msg.publish.topic, Access::Read) {
+            return;
+        }
         let qos = msg.publish.qos.min(options.qos);
         // Offline sessions keep QoS 1/2 only, as Mosquitto does by default.
         if session.attached.is_none() && qos == Qos::AtMostOnce {

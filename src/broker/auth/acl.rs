@@ -103,6 +103,30 @@ impl Rule {
         }
     }
 
+    /// The rule's topic with `%c`/`%u` filled in.
+    fn render(&self, client_id: &str, username: &str) -> String {
+        let mut out = String::new();
+        for (index, level) in self.levels.iter().enumerate() {
+            if index > 0 {
+                out.push('/');
+            }
+            match level {
+                Level::Plus => out.push('+'),
+                Level::Hash => out.push('#'),
+                Level::Text(pieces) => {
+                    for piece in pieces.iter() {
+                        out.push_str(match piece {
+                            Piece::Literal(text) => text,
+                            Piece::ClientId => client_id,
+                            Piece::Username => username,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Whether the rule's topic, with `%c`/`%u` filled in, matches `topic` as a
     /// subscription filter would, with Mosquitto's `$` rule.
     fn matches(&self, topic: &str, client_id: &str, username: &str) -> bool {
@@ -203,6 +227,17 @@ impl Rules {
 
     fn is_empty(&self) -> bool {
         self.deny.is_empty() && self.grant.is_empty()
+    }
+
+    /// Whether a grant with `READ` could let some topic of `filter` through.
+    fn reads_into(&self, filter: &str, client_id: &str, username: Option<&str>) -> bool {
+        let user = username.unwrap_or_default();
+        self.grant
+            .iter()
+            .filter(|rule| !(rule.uses_username && username.is_none()))
+            .any(|rule| {
+                rule.access & READ != 0 && filters_overlap(&rule.render(client_id, user), filter)
+            })
     }
 
     /// `Some(false)` if a denial matches, else `Some(true)` if a grant with `bit`
@@ -347,8 +382,12 @@ impl Acl {
     /// client's own `topic` lines decide first (deny before grants), then the
     /// patterns (deny before grants), and nothing matching refuses.
     ///
-    /// `Subscribe` is always allowed except where [`reserved_topic_allows`] refuses:
-    /// Mosquitto 2.0 checks what a subscriber receives, not what it subscribes to.
+    /// `Subscribe`: a filter is refused when no rule of the client could grant `read`
+    /// on any topic it matches (a subscription that can never deliver anything), and
+    /// where [`reserved_topic_allows`] refuses. Mosquitto 2.0 grants every filter and
+    /// only filters deliveries; Headwater tells the client at SUBACK, as the issue asks,
+    /// and filters deliveries as well (a `#` subscriber is granted and receives only
+    /// what it may read).
     ///
     /// Runs on every delivery: no allocation, the client's section is one hash lookup.
     pub fn allows(
@@ -364,7 +403,7 @@ impl Acl {
         let bit = match access {
             Access::Read => READ,
             Access::Write => WRITE,
-            Access::Subscribe => return true,
+            Access::Subscribe => return self.may_subscribe(client_id, username, topic),
         };
         let own = match username {
             Some(name) => self.users.get(name),
@@ -385,6 +424,45 @@ impl Acl {
         self.patterns
             .decide(topic, client_id, username, bit)
             .unwrap_or(false)
+    }
+}
+
+impl Acl {
+    fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        let own = match username {
+            Some(name) => self.users.get(name),
+            None => Some(&self.anonymous),
+        };
+        if own.is_some_and(|rules| rules.reads_into(filter, client_id, username)) {
+            return true;
+        }
+        let dangerous = |s: &str| s.contains(['+', '#']);
+        !(dangerous(client_id) || username.is_some_and(dangerous))
+            && self.patterns.reads_into(filter, client_id, username)
+    }
+}
+
+/// Whether some topic matches both filters, with the `$` rule: a wildcard first level
+/// never matches a topic starting with `$`.
+fn filters_overlap(a: &str, b: &str) -> bool {
+    let first_is_wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (a.starts_with('$') && first_is_wild(b)) || (b.starts_with('$') && first_is_wild(a)) {
+        return false;
+    }
+    let mut left = a.split('/');
+    let mut right = b.split('/');
+    loop {
+        match (left.next(), right.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some(x), Some(y)) => {
+                if x != "+" && y != "+" && x != y {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            // One ended and the other goes on without `#` (matched above).
+            (None, Some(_)) | (Some(_), None) => return false,
+        }
     }
 }
 
@@ -616,28 +694,57 @@ pattern read $%c/#
     }
 
     #[test]
-    fn subscribe_is_never_refused_by_the_file() {
-        let acl = "topic deny secret/#\nuser alice\ntopic read a\n";
+    fn a_filter_is_refused_only_when_nothing_it_matches_is_readable() {
+        let acl = "topic deny secret/#\ntopic read public/#\nuser alice\ntopic read a\ntopic readwrite $SYS/broker/#\npattern read devices/%c/#\n";
         check(
             acl,
             &[
-                ("c", None, "secret/#", Subscribe, true),
+                // Anonymous: `public/#` is readable, so `#` is granted (deliveries are
+                // filtered); `secret/#` overlaps no grant.
                 ("c", None, "#", Subscribe, true),
-                ("c", Some("alice"), "b/+", Subscribe, true),
-                ("c", Some("alice"), "$SYS/#", Subscribe, true),
-                ("c", Some("alice"), "$share/g/a", Subscribe, true),
+                ("c", None, "public/+", Subscribe, true),
+                ("c", None, "secret/#", Subscribe, false),
                 ("c", None, "secret/x", Read, false),
+                // alice: `a` and `$SYS/broker/#`, and her devices through the pattern.
+                ("c", Some("alice"), "a", Subscribe, true),
+                ("c", Some("alice"), "+", Subscribe, true),
+                ("c", Some("alice"), "b/+", Subscribe, false),
+                ("c", Some("alice"), "$SYS/#", Subscribe, true),
+                ("c", Some("alice"), "$SYS/other", Subscribe, false),
+                ("c", Some("alice"), "devices/c/temp", Subscribe, true),
+                ("c", Some("alice"), "devices/other/temp", Subscribe, false),
+                // A `#` grant never reaches `$` topics.
+                ("c", None, "$SYS/#", Subscribe, false),
             ],
         );
-        // Even an empty file (which refuses every read and write) grants subscriptions.
+        // An empty file refuses every read, so every subscription too.
         check(
             "",
             &[
-                ("c", None, "a", Subscribe, true),
+                ("c", None, "a", Subscribe, false),
                 ("c", None, "a", Read, false),
                 ("c", Some("u"), "a", Write, false),
             ],
         );
+    }
+
+    #[test]
+    fn overlapping_filters() {
+        for (a, b, expected) in [
+            ("a/b", "a/b", true),
+            ("a/+", "a/b", true),
+            ("a/#", "a", true),
+            ("#", "a/b/c", true),
+            ("a/+", "a/b/c", false),
+            ("a/b", "a/c", false),
+            ("+/b", "a/+", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/broker/uptime", true),
+        ] {
+            assert_eq!(super::filters_overlap(a, b), expected, "{a} ~ {b}");
+            assert_eq!(super::filters_overlap(b, a), expected, "{b} ~ {a}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod password;
+pub mod realm;
 
 use std::path::{Path, PathBuf};
 
