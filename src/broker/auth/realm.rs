@@ -133,6 +133,11 @@ impl Realm {
             .is_none_or(|acl| acl.allows(client_id, username, topic, access))
     }
 
+    /// Whether CONNECT credentials are hashed and compared (a password file is set).
+    pub fn checks_passwords(&self) -> bool {
+        self.passwords.is_some()
+    }
+
     /// Whether `username` logs in with the same password here as in `old` (or no
     /// password file checks it in either).
     pub fn same_credentials(&self, old: &Realm, username: &str) -> bool {
