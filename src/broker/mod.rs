@@ -390,9 +390,10 @@ impl Broker {
         }
     }
 
-    /// Publishes a message from the broker itself (`$SYS`, wills): routed like a
-    /// client's, and durable for persistent subscribers before this returns.
-    pub async fn publish(&self, publish: Publish, from: ByteString) {
+    /// Publishes a message from the broker itself (`$SYS`, wills, bridges): routed
+    /// like a client's, and durable for persistent subscribers before this returns
+    /// `Ok`. On `Err` nothing was delivered and the caller still holds the message.
+    pub async fn publish(&self, publish: Publish, from: ByteString) -> Result<(), StoreError> {
         let msg = Arc::new(session::Message {
             publish,
             received_ms: now_ms(),
@@ -414,10 +415,12 @@ impl Broker {
             && let Err(e) = self.shared.store.commit(ops).await
         {
             tracing::warn!(topic = %msg.publish.topic, "message could not be stored: {e}");
+            return Err(e);
         }
         for signal in self.state().apply(deliveries) {
             signal.wake();
         }
+        Ok(())
     }
 
     /// Sends `will` now, or after its v5 delay unless the session came back
@@ -452,7 +455,9 @@ impl Broker {
                 }
             }
             tracing::debug!(client = %client, topic = %publish.topic, "publishing will");
-            broker.publish(publish, client).await;
+            // A will that cannot be stored is logged by `publish`; nobody is left
+            // to hand it back to.
+            let _ = broker.publish(publish, client).await;
         });
     }
 

@@ -1041,7 +1041,11 @@ impl Flows {
         plan: &Plan,
     ) -> Result<Result<(), Lost>, LinkError> {
         match packet {
-            Incoming::Publish(p) => self.bring_in(*p, remote, broker, plan).await,
+            Incoming::Publish(p) => {
+                if let Err(lost) = self.bring_in(*p, remote, broker, plan).await {
+                    return Ok(Err(lost));
+                }
+            }
             Incoming::PubAck(id, code) => {
                 if let Some(i) = self.out.iter().position(|o| o.stage == Stage::Sent(id)) {
                     let done = self.out.remove(i).expect("position found");
@@ -1120,8 +1124,16 @@ impl Flows {
 
     /// A message from the remote: published on the built-in broker as the bridge's
     /// local client (so `no_local` keeps it from going back out), then acknowledged to
-    /// the remote once durable locally.
-    async fn bring_in(&mut self, p: Publish, remote: &mut Remote, broker: &Broker, plan: &Plan) {
+    /// the remote once durable locally. A message the store cannot take is not
+    /// acknowledged: the link is dropped and the remote sends it again after the
+    /// reconnect.
+    async fn bring_in(
+        &mut self,
+        p: Publish,
+        remote: &mut Remote,
+        broker: &Broker,
+        plan: &Plan,
+    ) -> Result<(), Lost> {
         let echo = !remote.echo_free && self.echoes.take(&p.topic, &p.payload);
         let local_topic = plan.to_local(&p.topic);
         let deliver = |local_topic: String| Publish {
@@ -1143,15 +1155,26 @@ impl Flows {
             && !echo
             && let Some(local_topic) = local_topic
         {
-            broker
+            if let Err(e) = broker
                 .publish(deliver(local_topic), plan.local_client_id.clone())
-                .await;
+                .await
+            {
+                if let (Qos::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+                    self.in_qos2.remove(&id.get());
+                }
+                if p.qos != Qos::AtMostOnce {
+                    return Err(format!(
+                        "a message from the remote could not be stored ({e}); reconnecting so the remote sends it again"
+                    ));
+                }
+            }
         }
         match (p.qos, p.packet_id) {
             (Qos::AtLeastOnce, Some(id)) => wire::encode_ack(Ack::Acknowledge, id, &mut remote.out),
             (Qos::ExactlyOnce, Some(id)) => wire::encode_ack(Ack::Received, id, &mut remote.out),
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -1527,7 +1550,8 @@ impl Bridge {
             subscription_ids: Vec::new(),
             properties: MessageProperties::default(),
         };
-        self.broker.publish(publish, ByteString::new()).await;
+        // The state topic is the broker's own; a failure is logged by `publish`.
+        let _ = self.broker.publish(publish, ByteString::new()).await;
     }
 }
 
