@@ -374,7 +374,8 @@ mod tests {
                 },
                 "test".into(),
             )
-            .await;
+            .await
+            .expect("stored");
         let first = match sub.recv().await {
             Some(Packet::Publish(p)) => p,
             other => panic!("expected PUBLISH, got {other:?}"),

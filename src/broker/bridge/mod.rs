@@ -1154,19 +1154,17 @@ impl Flows {
         if fresh
             && !echo
             && let Some(local_topic) = local_topic
-        {
-            if let Err(e) = broker
+            && let Err(e) = broker
                 .publish(deliver(local_topic), plan.local_client_id.clone())
                 .await
-            {
-                if let (Qos::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-                    self.in_qos2.remove(&id.get());
-                }
-                if p.qos != Qos::AtMostOnce {
-                    return Err(format!(
-                        "a message from the remote could not be stored ({e}); reconnecting so the remote sends it again"
-                    ));
-                }
+        {
+            if let (Qos::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+                self.in_qos2.remove(&id.get());
+            }
+            if p.qos != Qos::AtMostOnce {
+                return Err(format!(
+                    "a message from the remote could not be stored ({e}); reconnecting so the remote sends it again"
+                ));
             }
         }
         match (p.qos, p.packet_id) {
