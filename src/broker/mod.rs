@@ -20,6 +20,7 @@ pub mod state;
 mod sys;
 pub mod tls;
 pub mod topic;
+pub mod ws;
 
 use std::num::NonZeroU16;
 use std::path::Path;
