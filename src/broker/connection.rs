@@ -308,7 +308,8 @@ async fn start(
     peer: std::net::SocketAddr,
     listener: Arc<Listener>,
 ) -> Started {
-    let transport = match listener.open(stream).await {
+    let max_packet = broker.shared.config.max_packet_size as usize;
+    let transport = match listener.open(stream, max_packet).await {
         Ok(transport) => transport,
         Err(e) => {
             tracing::debug!(%peer, "handshake failed: {e}");

@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::config::ListenerConfig;
+use super::config::{ListenerConfig, ListenerProtocol};
 use super::tls::{TlsAcceptor, TlsError};
+use super::ws;
 
 /// How long a TLS handshake or a WebSocket upgrade may take; a slow one ends only its
 /// own connection.
@@ -60,22 +61,41 @@ impl Listener {
     }
 
     /// Runs the handshakes this listener demands on a new TCP connection, each within
-    /// `HANDSHAKE_TIMEOUT`.
-    pub async fn open(&self, stream: TcpStream) -> io::Result<Transport> {
+    /// `HANDSHAKE_TIMEOUT`: TLS first, then the WebSocket upgrade (for `wss`).
+    pub async fn open(&self, stream: TcpStream, max_packet: usize) -> io::Result<Transport> {
         let _ = stream.set_nodelay(true);
-        let Some(tls) = &self.tls else {
-            let (read, write) = stream.into_split();
-            return Ok(Transport {
-                reader: Reader::Tcp(read),
-                writer: Writer::Tcp(write),
-                cert_name: None,
-            });
-        };
-        let (stream, cert_name) = tls
-            .accept(stream, HANDSHAKE_TIMEOUT)
-            .await
-            .map_err(io::Error::other)?;
-        Ok(wrapped(Box::new(stream), cert_name))
+        let websockets = self.config.protocol == ListenerProtocol::Websockets;
+        // A frame holds at least one whole packet, plus room for its header.
+        let max_frame = max_packet.saturating_add(1024);
+        match &self.tls {
+            None if !websockets => {
+                let (read, write) = stream.into_split();
+                Ok(Transport {
+                    reader: Reader::Tcp(read),
+                    writer: Writer::Tcp(write),
+                    cert_name: None,
+                })
+            }
+            None => {
+                let ws = ws::accept(stream, HANDSHAKE_TIMEOUT, max_frame)
+                    .await
+                    .map_err(io::Error::other)?;
+                Ok(wrapped(Box::new(ws), None))
+            }
+            Some(tls) => {
+                let (stream, cert_name) = tls
+                    .accept(stream, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(io::Error::other)?;
+                if !websockets {
+                    return Ok(wrapped(Box::new(stream), cert_name));
+                }
+                let ws = ws::accept(stream, HANDSHAKE_TIMEOUT, max_frame)
+                    .await
+                    .map_err(io::Error::other)?;
+                Ok(wrapped(Box::new(ws), cert_name))
+            }
+        }
     }
 }
 
