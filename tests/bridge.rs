@@ -884,3 +884,63 @@ async fn a_remote_that_stops_answering_is_pinged_dropped_and_reconnected() {
     bridge.stop().await;
     broker.shutdown().await;
 }
+
+/// The real process: QoS 1 messages a hub acknowledged while its bridge's remote was
+/// down survive a SIGKILL of the hub and reach the remote once both are back.
+#[test]
+fn messages_queued_for_a_down_remote_survive_sigkill_of_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote_port = free_port();
+    let settings = dir.path().join("hub.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "version: 1\n\
+             broker:\n  \
+               listeners: [{{ host: 127.0.0.1, port: 0 }}]\n  \
+               bridges:\n    \
+                 - connection: cloud\n      \
+                   addresses: [\"127.0.0.1:{remote_port}\"]\n      \
+                   restart_timeout: 1\n      \
+                   topics: [{{ pattern: \"meter/#\", direction: out, qos: 1, remote_prefix: \"hub/\" }}]\n\
+             flows: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let start_hub = || {
+        common::Gateway::start(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "run",
+            settings.to_str().unwrap(),
+        ])
+    };
+    // The remote is down: the hub acknowledges into the bridge's durable session.
+    let hub = start_hub();
+    let port = hub.listening_port();
+    const COUNT: usize = 40;
+    for i in 0..COUNT {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", &format!("meter/{i}"), "-m", &format!("m{i}")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "publish {i} was not acknowledged");
+    }
+    hub.signal("KILL");
+    hub.wait();
+
+    // The remote comes up with a subscriber; the hub comes back and forwards.
+    let remote = common::Mosquitto::start_on(dir.path(), remote_port);
+    let sub = remote.subscribe("hub/meter/#", 1);
+    let hub = start_hub();
+    let mut seen = HashSet::new();
+    while seen.len() < COUNT {
+        let (topic, payload) = sub.next();
+        let i: usize = topic.trim_start_matches("hub/meter/").parse().unwrap();
+        assert_eq!(payload, format!("m{i}"));
+        seen.insert(i);
+    }
+    drop(hub);
+}
