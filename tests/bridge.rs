@@ -321,22 +321,14 @@ fn topic(
 
 fn bridge_config(ports: &[u16], topics: Vec<BridgeTopic>) -> BridgeConfig {
     BridgeConfig {
-        connection: "cloud".into(),
-        addresses: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-        topics,
-        cleansession: false,
         remote_clientid: Some(REMOTE_ID.into()),
-        remote_username: None,
-        remote_password: None,
-        bridge_protocol_version: None,
-        bridge_cafile: None,
-        bridge_certfile: None,
-        bridge_keyfile: None,
-        bridge_insecure: false,
-        keepalive_interval: None,
         // A constant 1 s between attempts keeps the outage test short.
         restart_timeout: Some(1),
-        restart_timeout_cap: None,
+        ..BridgeConfig::new(
+            "cloud",
+            ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            topics,
+        )
     }
 }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command as StdCommand, Stdio};
 use std::time::Duration;
@@ -310,7 +310,7 @@ fn mosquitto_agrees_on_optional_client_certificates() {
     let pki = Pki::new();
     let stranger = pki.untrusted_client("stranger");
     for (require_certificate, accepted) in [(false, true), (true, false)] {
-        let broker = MosquittoTls::start(&pki, require_certificate);
+        let broker = mosquitto_tls(&pki, require_certificate);
         let published = mosquitto_pub(broker.port, &pki, &stranger);
         assert_eq!(
             published, accepted,
@@ -450,60 +450,17 @@ async fn silent_client_is_dropped_while_others_connect() {
 }
 
 /// Debian's Mosquitto with one TLS listener made from `pki`.
-struct MosquittoTls {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl MosquittoTls {
-    fn start(pki: &Pki, require_certificate: bool) -> MosquittoTls {
-        let port = free_port();
-        let conf = pki.dir().join(format!("mosquitto-{port}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
-                 require_certificate {require_certificate}\nallow_anonymous true\n\
-                 persistence false\nlog_dest stderr\nlog_type all\n",
-                pki.ca_file().display(),
-                pki.server_cert().display(),
-                pki.server_key().display(),
-            ),
-        )
-        .unwrap();
-        let mut child = StdCommand::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto (apt-get install mosquitto)");
-        let stderr = child.stderr.take().expect("stderr");
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        // " running" comes once every listener is up.
-        loop {
-            match lines.recv_timeout(PATIENCE) {
-                Ok(line) if line.contains(" running") => break,
-                Ok(line) if line.contains("Error") => panic!("mosquitto: {line}"),
-                Ok(_) => {}
-                Err(e) => panic!("mosquitto did not start: {e}"),
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        MosquittoTls { child, port }
-    }
-}
-
-impl Drop for MosquittoTls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn mosquitto_tls(pki: &Pki, require_certificate: bool) -> common::Mosquitto {
+    common::Mosquitto::with_conf(
+        pki.dir(),
+        free_port(),
+        &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\nallow_anonymous true",
+            pki.ca_file().display(),
+            pki.server_cert().display(),
+            pki.server_key().display(),
+        ),
+    )
 }
 
 /// Whether `mosquitto_pub` with `cert` gets a message through to a TLS listener.

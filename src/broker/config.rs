@@ -220,6 +220,34 @@ pub struct BridgeConfig {
     pub restart_timeout_cap: Option<u64>,
 }
 
+impl BridgeConfig {
+    /// A bridge named `connection` to `addresses` with `topics`, everything else at
+    /// Mosquitto's defaults.
+    pub fn new(
+        connection: impl Into<String>,
+        addresses: Vec<String>,
+        topics: Vec<BridgeTopic>,
+    ) -> BridgeConfig {
+        BridgeConfig {
+            connection: connection.into(),
+            addresses,
+            topics,
+            cleansession: false,
+            remote_clientid: None,
+            remote_username: None,
+            remote_password: None,
+            bridge_protocol_version: None,
+            bridge_cafile: None,
+            bridge_certfile: None,
+            bridge_keyfile: None,
+            bridge_insecure: false,
+            keepalive_interval: None,
+            restart_timeout: None,
+            restart_timeout_cap: None,
+        }
+    }
+}
+
 /// One `topic` line of a bridge.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]

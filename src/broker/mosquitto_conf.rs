@@ -1103,23 +1103,7 @@ impl Reader {
         };
         let here = self.loc();
         self.bridges.push((
-            BridgeConfig {
-                connection: name.to_string(),
-                addresses: Vec::new(),
-                topics: Vec::new(),
-                cleansession: false,
-                remote_clientid: None,
-                remote_username: None,
-                remote_password: None,
-                bridge_protocol_version: None,
-                bridge_cafile: None,
-                bridge_certfile: None,
-                bridge_keyfile: None,
-                bridge_insecure: false,
-                keepalive_interval: None,
-                restart_timeout: None,
-                restart_timeout_cap: None,
-            },
+            BridgeConfig::new(name.to_string(), Vec::new(), Vec::new()),
             here,
         ));
         result
@@ -1678,23 +1662,11 @@ mod tests {
     }
 
     fn bridge(name: &str, addresses: &[&str], topics: Vec<BridgeTopic>) -> BridgeConfig {
-        BridgeConfig {
-            connection: name.into(),
-            addresses: addresses.iter().map(ToString::to_string).collect(),
+        BridgeConfig::new(
+            name,
+            addresses.iter().map(ToString::to_string).collect(),
             topics,
-            cleansession: false,
-            remote_clientid: None,
-            remote_username: None,
-            remote_password: None,
-            bridge_protocol_version: None,
-            bridge_cafile: None,
-            bridge_certfile: None,
-            bridge_keyfile: None,
-            bridge_insecure: false,
-            keepalive_interval: None,
-            restart_timeout: None,
-            restart_timeout_cap: None,
-        }
+        )
     }
 
     fn topic(

@@ -117,11 +117,19 @@ impl Mosquitto {
 
     /// Starts a broker on `port` and waits until it listens.
     pub fn start_on(dir: &Path, port: u16) -> Mosquitto {
+        Self::with_conf(dir, port, "allow_anonymous true")
+    }
+
+    /// Starts a broker on 127.0.0.1:`port` without persistence, with `extra`
+    /// configuration lines, and waits until every listener is up. A configuration
+    /// Mosquitto refuses fails the test with its error line. Started as root it drops
+    /// to its own user: the files it reads must be world-readable.
+    pub fn with_conf(dir: &Path, port: u16, extra: &str) -> Mosquitto {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n"
+                "listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type all\n{extra}\n"
             ),
         )
         .unwrap();
@@ -133,14 +141,16 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto (apt-get install mosquitto)");
         let lines = line_reader(child.stderr.take().expect("stderr"));
-        wait_line(
-            &lines,
-            &format!("listen socket on port {port}"),
-            "mosquitto",
-        );
         // "Opening ... listen socket" comes before the socket listens; "running" after
         // every listener is up (a connect in between is refused).
-        wait_line(&lines, " running", "mosquitto");
+        loop {
+            match lines.recv_timeout(PATIENCE) {
+                Ok(line) if line.contains(" running") => break,
+                Ok(line) if line.contains("Error") => panic!("mosquitto refused {extra:?}: {line}"),
+                Ok(_) => {}
+                Err(e) => panic!("mosquitto did not start with {extra:?}: {e}"),
+            }
+        }
         // Keep draining its log so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Mosquitto { child, port }
@@ -233,38 +243,9 @@ pub fn headwater_broker(data: &Path) -> (Gateway, u16) {
 }
 
 /// Starts Mosquitto on a free port of 127.0.0.1 without persistence, with `extra`
-/// configuration lines (`allow_anonymous false`, `password_file ...`, `acl_file ...`),
-/// and waits until it listens. Started as root it drops to its own user: the files it
-/// reads must be world-readable.
+/// configuration lines (`allow_anonymous false`, `password_file ...`, `acl_file ...`).
 pub fn mosquitto_with(dir: &Path, extra: &str) -> Mosquitto {
-    let port = free_port();
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\npersistence false\nlog_dest stderr\nlog_type all\n{extra}\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mosquitto (apt-get install mosquitto)");
-    let lines = line_reader(child.stderr.take().expect("stderr"));
-    // A configuration Mosquitto refuses ends it before it listens: show why.
-    loop {
-        match lines.recv_timeout(PATIENCE) {
-            Ok(line) if line.contains(" running") => break,
-            Ok(line) if line.contains("Error") => panic!("mosquitto refused {extra:?}: {line}"),
-            Ok(_) => {}
-            Err(e) => panic!("mosquitto did not start with {extra:?}: {e}"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Mosquitto { child, port }
+    Mosquitto::with_conf(dir, free_port(), extra)
 }
 
 /// A test PKI (CAs, server and client certificates, CRLs) as PEM files.

@@ -1559,23 +1559,7 @@ mod tests {
     use crate::broker::BridgeTopic;
 
     fn config(topics: Vec<BridgeTopic>) -> BridgeConfig {
-        BridgeConfig {
-            connection: "cloud".into(),
-            addresses: vec!["broker.example.com:8883".into()],
-            topics,
-            cleansession: false,
-            remote_clientid: None,
-            remote_username: None,
-            remote_password: None,
-            bridge_protocol_version: None,
-            bridge_cafile: None,
-            bridge_certfile: None,
-            bridge_keyfile: None,
-            bridge_insecure: false,
-            keepalive_interval: None,
-            restart_timeout: None,
-            restart_timeout_cap: None,
-        }
+        BridgeConfig::new("cloud", vec!["broker.example.com:8883".into()], topics)
     }
 
     fn line(pattern: &str, direction: BridgeDirection, local: &str, remote: &str) -> BridgeTopic {
