@@ -490,6 +490,17 @@ fn run_reads_the_broker_from_a_settings_file_naming_a_mosquitto_conf() {
     // The warning names the Mosquitto file and its line.
     let warning = gateway.wait_for("mosquitto.conf:3");
     assert!(warning.contains("log_dest"), "{warning}");
+    // `check` shows the same warning.
+    let out = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args(["check", settings.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("mosquitto.conf:3"),
+        "{stderr}"
+    );
     assert_eq!(gateway.listening_port(), port);
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])

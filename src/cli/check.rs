@@ -12,6 +12,10 @@ pub fn check(files: &[PathBuf], data_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(set) => set,
         Err(diagnostics) => return report(&diagnostics),
     };
+    // Warnings of a `mosquitto_conf:` file (unknown keys and the like), with file:line.
+    for warning in &set.settings.broker_warnings {
+        eprintln!("warning: {warning}");
+    }
     let data_dir = super::data_dir(data_dir_flag, set.settings.data_dir.clone());
     if let Err(diagnostics) = set.plan(&data_dir, &Clock::system()) {
         return report(&diagnostics);
