@@ -14,6 +14,11 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 # openssl: the TLS client of tests/tls_handshake.rs and the certificates of tests/mosquitto_conf.rs.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# MQTT.js in headless Chromium (tests/websocket.rs): Debian's chromium, and node/npm for
+# the driver (playwright-core never downloads a browser here).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -33,6 +38,12 @@ if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
   # Debian's own python3 refuses pip installs (externally managed) without the flag.
   python3 -m pip install --quiet 'paho-mqtt>=2,<3' 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages 'paho-mqtt>=2,<3'
+fi
+
+# The browser test's npm packages (MQTT.js, playwright-core), pinned by package-lock.json.
+if [ ! -d tests/browser/node_modules/mqtt ] || [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test.sh: installing the browser test's npm packages"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # The Rust toolchain (edition 2024 needs Rust >= 1.85; Debian 12's cargo is older).

@@ -176,19 +176,25 @@ impl Mosquitto {
     /// Starts `mosquitto_sub` on `filter` and waits until the broker granted the
     /// subscription.
     pub fn subscribe(&self, filter: &str, qos: u8) -> Subscriber {
-        // Line-buffered: a pipe would otherwise hold the SUBACK line back.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-t", filter, "-q", &qos.to_string(), "-v", "-d"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run mosquitto_sub");
-        let lines = line_reader(child.stdout.take().expect("stdout"));
-        wait_line(&lines, "received SUBACK", "mosquitto_sub");
-        Subscriber { child, lines }
+        subscribe_on(self.port, filter, qos)
     }
+}
+
+/// Starts `mosquitto_sub` on `filter` against any broker on 127.0.0.1:`port` and waits
+/// until the subscription is granted.
+pub fn subscribe_on(port: u16, filter: &str, qos: u8) -> Subscriber {
+    // Line-buffered: a pipe would otherwise hold the SUBACK line back.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", filter, "-q", &qos.to_string(), "-v", "-d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run mosquitto_sub");
+    let lines = line_reader(child.stdout.take().expect("stdout"));
+    wait_line(&lines, "received SUBACK", "mosquitto_sub");
+    Subscriber { child, lines }
 }
 
 impl Drop for Mosquitto {
