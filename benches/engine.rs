@@ -53,6 +53,7 @@ fn kind_node(name: &str, type_name: &str, options: &str, from: &str) -> NodePlan
         factory,
         ports: config.ports(),
         inputs: input(from),
+        state_key: format!("bench/{name}"),
     }
 }
 
@@ -71,6 +72,7 @@ fn pass_node(name: &str, from: &str) -> NodePlan {
         factory: Arc::new(|cx: NodeContext| -> NodeFuture { Box::pin(run_transform(Pass, cx)) }),
         ports: vec!["out".into()],
         inputs: input(from),
+        state_key: format!("bench/{name}"),
     }
 }
 
@@ -113,6 +115,7 @@ async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>
         factory: source,
         ports: vec!["out".into()],
         inputs: vec![],
+        state_key: "bench/source".into(),
     }];
     nodes.extend(middle);
     nodes.push(NodePlan {
@@ -121,6 +124,7 @@ async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>
         factory: sink,
         ports: vec![],
         inputs: input("last"),
+        state_key: "bench/sink".into(),
     });
     let engine = Engine::start(
         GraphPlan {

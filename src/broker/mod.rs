@@ -51,6 +51,22 @@ use crate::store::{Store, StoreError, StoreOptions};
 /// How long a group commit waits for company once someone waits on it: 1 ms cuts the
 /// fsyncs of a steady load and with them QoS 1 delivery latency (docs/benchmarks.md).
 const STORE_LINGER: Duration = Duration::from_millis(1);
+/// The process's store file inside the data directory: broker sessions, flow state and
+/// sink buffers all live in it (docs/decisions/003-store.md).
+pub const STORE_FILE: &str = "store.redb";
+
+/// Opens (creating the directory if needed) the durable store in `data_dir`, tuned for
+/// the broker's group commit; `run` opens it once and shares it with the flows.
+pub fn open_store(data_dir: &Path) -> Result<Store, StoreError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", data_dir.display())))?;
+    Store::open(StoreOptions {
+        path: Some(data_dir.join(STORE_FILE)),
+        linger: STORE_LINGER,
+        ..StoreOptions::default()
+    })
+}
+
 /// How often password and ACL files are looked at for changes.
 const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
 /// How often silent clients are looked for; a client is closed at most this late.
@@ -162,21 +178,28 @@ impl Broker {
     /// Opens the store under `data_dir` (or memory), and restores sessions,
     /// subscriptions, queued and inflight messages, QoS 2 state and retained messages.
     pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Broker, BrokerError> {
-        tls::install_crypto_provider();
-        let path = match config.persistence {
-            Persistence::Durable => {
-                std::fs::create_dir_all(data_dir).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", data_dir.display()))
-                })?;
-                Some(data_dir.join("broker.redb"))
-            }
-            Persistence::Memory => None,
+        let store = match config.persistence {
+            Persistence::Durable => open_store(data_dir)?,
+            Persistence::Memory => Store::open(StoreOptions {
+                linger: STORE_LINGER,
+                ..StoreOptions::default()
+            })?,
         };
-        let store = Store::open(StoreOptions {
-            path,
-            linger: STORE_LINGER,
-            ..StoreOptions::default()
-        })?;
+        Broker::open_on(config, store)
+    }
+
+    /// Like [`Broker::open`], on a store opened by the caller ([`open_store`]) and shared
+    /// with the flows' state; with `persistence: memory` the broker ignores it and keeps
+    /// its sessions in memory.
+    pub fn open_on(config: BrokerConfig, store: Store) -> Result<Broker, BrokerError> {
+        tls::install_crypto_provider();
+        let store = match config.persistence {
+            Persistence::Durable => store,
+            Persistence::Memory => Store::open(StoreOptions {
+                linger: STORE_LINGER,
+                ..StoreOptions::default()
+            })?,
+        };
         let mut state = State::new(
             config.max_queued_messages,
             config.persistence == Persistence::Durable,

@@ -1,13 +1,14 @@
 //! `headwater broker`: the built-in MQTT broker alone, and the broker start-up that
 //! `run` shares.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::broker::mosquitto_conf::{self, ConfError};
 use crate::broker::{Broker, BrokerConfig, ListenerConfig, Persistence};
+use crate::store::Store;
 
 /// Options of `headwater broker` (and the broker flags of `run`).
 #[derive(Debug, Clone, clap::Args)]
@@ -91,10 +92,11 @@ impl BrokerArgs {
     }
 }
 
-/// Opens the broker's store under `data_dir/broker`, binds its listeners and starts it.
-pub async fn start(config: BrokerConfig, data_dir: &Path) -> anyhow::Result<Broker> {
+/// Opens the broker on `store` (the process's store, see `headwater::broker::open_store`),
+/// binds its listeners and starts it.
+pub async fn start(config: BrokerConfig, store: Store) -> anyhow::Result<Broker> {
     raise_open_file_limit();
-    let broker = Broker::open(config, &data_dir.join("broker"))?;
+    let broker = Broker::open_on(config, store)?;
     let listeners = broker.bind().await?;
     broker.start(listeners);
     reload_on_sighup(broker.clone())?;
@@ -123,7 +125,8 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
     let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = super::run::ShutdownSignals::listen()?;
-        let broker = start(config, &data_dir).await?;
+        let store = super::open_store(&data_dir, config.persistence)?;
+        let broker = start(config, store).await?;
         let reason = signals.recv().await;
         tracing::info!("shutting down: {reason}");
         broker.shutdown().await;

@@ -163,6 +163,22 @@ fn data_dir(flag: Option<PathBuf>, from_files: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data"))
 }
 
+/// The process's one store: `DATA_DIR/store.redb`, or memory when the broker's
+/// persistence is `memory` (then flow state is not kept either).
+fn open_store(
+    data_dir: &std::path::Path,
+    persistence: crate::broker::Persistence,
+) -> anyhow::Result<crate::store::Store> {
+    use anyhow::Context;
+    match persistence {
+        crate::broker::Persistence::Durable => crate::broker::open_store(data_dir)
+            .with_context(|| format!("cannot open the store in {}", data_dir.display())),
+        crate::broker::Persistence::Memory => Ok(crate::store::Store::open(
+            crate::store::StoreOptions::default(),
+        )?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::engine::{Clock, Engine, EngineOptions, ShutdownReport};
+use crate::engine::{Clock, Engine, EngineOptions, ShutdownReport, StateStore};
 use crate::flow::{self, interpolate::ProcessEnv};
 
 /// Runs the flows in `files` until a signal arrives or every node has finished.
@@ -43,8 +43,12 @@ pub fn run(
         let mut signals = ShutdownSignals::listen()?;
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
         tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
+        let persistence = broker_config
+            .as_ref()
+            .map_or(crate::broker::Persistence::Durable, |c| c.persistence);
+        let store = super::open_store(&data_dir, persistence)?;
         let broker = match broker_config {
-            Some(config) => Some(super::broker::start(config, &data_dir).await?),
+            Some(config) => Some(super::broker::start(config, store.clone()).await?),
             None => None,
         };
         let engine = Engine::start(
@@ -53,6 +57,7 @@ pub fn run(
                 clock,
                 data_dir,
                 broker: broker.clone(),
+                state: StateStore::new(store.clone()),
                 ..EngineOptions::default()
             },
         );
@@ -72,6 +77,9 @@ pub fn run(
         let report = engine.shutdown().await;
         if let Some(broker) = broker {
             broker.shutdown().await;
+        }
+        if let Err(e) = store.close().await {
+            tracing::error!("closing the store: {e}");
         }
         match report {
             ShutdownReport::Drained => Ok(ExitCode::SUCCESS),

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Clock, Engine, EngineOptions, FlowPlan, GraphPlan, InputPlan, Msg, NodeContext, NodeFuture,
-    NodePlan, Overflow,
+    NodePlan, Overflow, StateStore,
 };
 use crate::flow::tree;
 use crate::nodes::registry::{self, BuildContext};
@@ -41,6 +41,19 @@ impl NodeHarness {
         options: &str,
         clock: Clock,
         data_dir: PathBuf,
+    ) -> Result<NodeHarness, String> {
+        Self::start_with_state(type_name, options, clock, data_dir, StateStore::memory())
+    }
+
+    /// Like [`NodeHarness::start_in`] with the node's persistent state kept in `state`
+    /// (its state key is `test/node`): a second harness on the same store sees what the
+    /// first one committed, as a restarted process would.
+    pub fn start_with_state(
+        type_name: &str,
+        options: &str,
+        clock: Clock,
+        data_dir: PathBuf,
+        state: StateStore,
     ) -> Result<NodeHarness, String> {
         let kind =
             registry::lookup(type_name).ok_or_else(|| format!("unknown type {type_name}"))?;
@@ -94,6 +107,7 @@ impl NodeHarness {
                 }),
                 ports: vec!["out".into()],
                 inputs: Vec::new(),
+                state_key: "test/feed".into(),
             });
         }
         nodes.push(NodePlan {
@@ -111,9 +125,11 @@ impl NodeHarness {
             } else {
                 Vec::new()
             },
+            state_key: format!("test/{NODE}"),
         });
         let mut outputs = HashMap::new();
         for port in ports {
+            let port_name = port.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             outputs.insert(port.clone(), rx);
             let tx = Arc::new(Mutex::new(tx));
@@ -139,6 +155,7 @@ impl NodeHarness {
                     capacity: 1024,
                     overflow: Overflow::Block,
                 }],
+                state_key: format!("test/collect_{port_name}"),
             });
         }
         let engine = Engine::start(
@@ -153,6 +170,7 @@ impl NodeHarness {
                 data_dir,
                 drain_deadline: std::time::Duration::from_secs(5),
                 broker: None,
+                state,
             },
         );
         Ok(NodeHarness {

@@ -8,6 +8,7 @@ pub mod harness;
 pub mod msg;
 pub mod node;
 mod scan;
+pub mod state;
 mod supervisor;
 pub mod template;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use node::{
     Emit, NodeContext, NodeError, NodeFactory, NodeFuture, NodeId, NodeState, NodeStats, Outputs,
     PortId, Transform, run_transform, run_transform_blocking,
 };
+pub use state::{NodeKv, StateStore};
 
 /// Default capacity of an edge.
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -60,6 +62,8 @@ pub struct NodePlan {
     pub ports: Vec<String>,
     /// The node's inputs.
     pub inputs: Vec<InputPlan>,
+    /// The key of its persistent state (`state_key:`, default `flow/node`).
+    pub state_key: String,
 }
 
 /// A flow ready to run.
@@ -89,6 +93,8 @@ pub struct EngineOptions {
     /// The built-in broker, for `mqtt.in`/`mqtt.out` nodes without `url`; `None` when
     /// it is off.
     pub broker: Option<Broker>,
+    /// Every node's persistent key/value state; in memory by default.
+    pub state: StateStore,
 }
 
 impl Default for EngineOptions {
@@ -98,6 +104,7 @@ impl Default for EngineOptions {
             data_dir: PathBuf::from("data"),
             drain_deadline: Duration::from_secs(10),
             broker: None,
+            state: StateStore::memory(),
         }
     }
 }
@@ -197,6 +204,7 @@ impl Engine {
                     data_dir: options.data_dir.clone(),
                     stats: stats.clone(),
                     broker: options.broker.clone(),
+                    state: options.state.node(&node.state_key),
                 };
                 handles.push(NodeHandle {
                     id,

@@ -390,6 +390,9 @@ pub struct NodeContext {
     pub stats: Arc<NodeStats>,
     /// The built-in broker, when it runs (the in-process link of MQTT nodes).
     pub broker: Option<crate::broker::Broker>,
+    /// This node's persistent key/value state (`state_key:`); survives restarts of the
+    /// node and of the process.
+    pub state: super::state::NodeKv,
 }
 
 impl NodeContext {

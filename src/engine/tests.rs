@@ -94,6 +94,7 @@ fn node(
         factory,
         ports: ports.iter().map(|p| p.to_string()).collect(),
         inputs,
+        state_key: format!("test/{name}"),
     }
 }
 

@@ -556,9 +556,13 @@ impl Loader {
         let raw_inputs = self.raw_inputs(file, name, kind, node, queue);
         let state_key = match node.get("state_key") {
             Some(n) => match n.as_str() {
-                Some(s) => Some(s.to_string()),
-                None => {
-                    self.error(file, n.pos, "`state_key` must be a string");
+                Some(s) if !s.is_empty() && !s.contains('\0') => Some(s.to_string()),
+                _ => {
+                    self.error(
+                        file,
+                        n.pos,
+                        "`state_key` must be a non-empty string without NUL characters",
+                    );
                     None
                 }
             },
@@ -1167,8 +1171,9 @@ impl FlowSet {
             let mut nodes = Vec::new();
             for node in &flow.nodes {
                 let id = engine::NodeId::new(&flow.name, &node.name);
+                let state_key = node.state_key.clone().unwrap_or_else(|| id.to_string());
                 let cx = BuildContext {
-                    state_key: node.state_key.clone().unwrap_or_else(|| id.to_string()),
+                    state_key: state_key.clone(),
                     id,
                     base_dir: base_dir.clone(),
                     data_dir: data_dir.to_path_buf(),
@@ -1176,6 +1181,7 @@ impl FlowSet {
                 };
                 match node.config.build(&cx) {
                     Ok(factory) => nodes.push(NodePlan {
+                        state_key,
                         name: node.name.clone(),
                         kind: node.kind.type_name(),
                         factory,
