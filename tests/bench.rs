@@ -1,6 +1,7 @@
 //! `headwater bench broker` end to end: every workload, tiny, against the built-in
-//! broker started as a child process. It checks that the generator runs and reports,
-//! never how fast anything is.
+//! broker started as a child process, and the TLS workloads against Mosquitto too (the
+//! same generated certificates for both). It checks that the generator runs and
+//! reports, never how fast anything is.
 
 use std::process::Command;
 
@@ -23,6 +24,8 @@ fn bench_broker_runs_every_workload_against_headwater() {
             "--duration",
             "1",
             "--connections",
+            "20",
+            "--tls-connections",
             "20",
             "--json",
         ])
@@ -48,7 +51,9 @@ fn bench_broker_runs_every_workload_against_headwater() {
             "qos1-durable",
             "fan-out-qos0",
             "latency",
-            "idle-memory"
+            "idle-memory",
+            "tls-connect",
+            "tls-fan-in-qos0"
         ]
     );
     for result in results.as_array().unwrap() {
@@ -58,6 +63,59 @@ fn bench_broker_runs_every_workload_against_headwater() {
         assert!(result["mosquitto"].is_null());
         for metric in headwater["metrics"].as_array().unwrap() {
             assert!(metric["value"].as_f64().unwrap() >= 0.0, "{metric}");
+        }
+        // The TLS workloads really ran over TLS; the others did not.
+        let over_tls = headwater["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d.as_str().unwrap().starts_with("tls: TLSv1_3 "));
+        let tls_workload = result["workload"].as_str().unwrap().starts_with("tls-");
+        assert_eq!(over_tls, tls_workload, "{result}");
+    }
+}
+
+#[test]
+fn bench_broker_tls_workloads_run_against_both_brokers_with_the_same_certificates() {
+    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args([
+            "bench",
+            "broker",
+            "--workload",
+            "tls-connect,tls-fan-in-qos0",
+            "--mosquitto-nodelay",
+            "--tls-connections",
+            "10",
+            "--messages",
+            "100",
+            "--publishers",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run headwater bench broker");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    let results = results.as_array().expect("an array");
+    assert_eq!(results.len(), 2, "{stdout}");
+    for result in results {
+        for broker in ["headwater", "mosquitto"] {
+            let side = &result[broker];
+            assert_eq!(side["notes"], serde_json::json!([]), "{broker}: {result}");
+            let details = side["details"].as_array().expect("details");
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.as_str().unwrap().starts_with("tls: TLSv1_3 ")),
+                "{broker} not over TLS 1.3: {result}"
+            );
+            let connections_or_messages = side["metrics"][0]["value"].as_f64().unwrap();
+            assert!(connections_or_messages > 0.0, "{broker}: {result}");
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod brokers;
 mod client;
+mod tls;
 mod workloads;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use anyhow::Context;
 use rmqtt_codec::types::QoS;
 
 use brokers::{BrokerKind, BrokerProcess, Executables};
+use tls::{Certificates, TlsKey};
 use workloads::{Load, Measured};
 
 /// What `headwater bench` measures.
@@ -77,6 +79,15 @@ pub struct BrokerBenchArgs {
     /// Seconds without a message after which a run stops and reports what was lost
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub quiet: u64,
+    /// Connections made by tls-connect
+    #[arg(long, default_value_t = workloads::TLS_CONNECTIONS, value_name = "N")]
+    pub tls_connections: usize,
+    /// Connections tls-connect has in progress at once
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub tls_concurrency: usize,
+    /// Key type of the certificates the TLS workloads' brokers present
+    #[arg(long, value_enum, default_value_t = TlsKey::EcP256)]
+    pub tls_key: TlsKey,
     /// The headwater executable to measure [default: this one]
     #[arg(long, value_name = "PATH")]
     pub headwater: Option<PathBuf>,
@@ -116,16 +127,30 @@ pub enum Workload {
     /// 10000 connections that connect and idle; broker RSS growth per connection
     #[value(name = "idle-memory")]
     IdleMemory,
+    /// 3000 TLS connections, 4 at a time: TCP connect, TLS handshake, CONNECT, CONNACK,
+    /// DISCONNECT; connections per second, handshake p50 and p99
+    #[value(name = "tls-connect")]
+    TlsConnect,
+    /// fan-in-qos0 with every client over TLS; messages received per second
+    #[value(name = "tls-fan-in-qos0")]
+    TlsFanInQos0,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 7] = [
         Workload::FanInQos0,
         Workload::Qos1Durable,
         Workload::FanOutQos0,
         Workload::Latency,
         Workload::IdleMemory,
+        Workload::TlsConnect,
+        Workload::TlsFanInQos0,
     ];
+
+    /// Whether the brokers' listener speaks TLS for this workload.
+    fn tls(self) -> bool {
+        matches!(self, Workload::TlsConnect | Workload::TlsFanInQos0)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -134,11 +159,13 @@ impl Workload {
             Workload::FanOutQos0 => "fan-out-qos0",
             Workload::Latency => "latency",
             Workload::IdleMemory => "idle-memory",
+            Workload::TlsConnect => "tls-connect",
+            Workload::TlsFanInQos0 => "tls-fan-in-qos0",
         }
     }
 
     /// One line saying what the workload does with these options.
-    fn describe(self, load: &Load) -> String {
+    fn describe(self, load: &Load, key: TlsKey) -> String {
         let messages = |default| load.messages.unwrap_or(default);
         match self {
             Workload::FanInQos0 => format!(
@@ -175,16 +202,35 @@ impl Workload {
                 "{} connections (CONNECT, CONNACK, idle 2 s); RSS growth / connections",
                 load.connections
             ),
+            Workload::TlsConnect => format!(
+                "{} connections, {} at a time, each TCP + TLS handshake ({} server key, no \
+                 resumption) + CONNECT/CONNACK + DISCONNECT",
+                load.tls_connections,
+                load.tls_concurrency,
+                key.name()
+            ),
+            Workload::TlsFanInQos0 => format!(
+                "{} publishers -> 1 subscriber over TLS ({} server key), QoS 0, {}-byte \
+                 payloads, {} messages, window {}",
+                load.publishers,
+                key.name(),
+                load.payload,
+                messages(workloads::FAN_IN_MESSAGES),
+                load.window
+            ),
         }
     }
 
     async fn run(self, broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
         match self {
-            Workload::FanInQos0 => workloads::fan_in(broker, load, QoS::AtMostOnce).await,
+            Workload::FanInQos0 | Workload::TlsFanInQos0 => {
+                workloads::fan_in(broker, load, QoS::AtMostOnce).await
+            }
             Workload::Qos1Durable => workloads::fan_in(broker, load, QoS::AtLeastOnce).await,
             Workload::FanOutQos0 => workloads::fan_out(broker, load).await,
             Workload::Latency => workloads::latency(broker, load).await,
             Workload::IdleMemory => workloads::idle_memory(broker, load).await,
+            Workload::TlsConnect => workloads::connect_rate(broker, load).await,
         }
     }
 }
@@ -231,6 +277,8 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         source_addresses: args.source_addresses,
         quiet: Duration::from_secs(args.quiet.max(1)),
+        tls_connections: args.tls_connections.max(1),
+        tls_concurrency: args.tls_concurrency.max(1),
     };
     let exe = Executables {
         headwater: match &args.headwater {
@@ -249,6 +297,17 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.perf {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // One CA and server certificate for the whole invocation: both brokers present the
+    // same files.
+    let certificates = if workloads.iter().any(|w| w.tls()) {
+        let dir = std::env::temp_dir().join(format!("headwater-bench-{}-tls", std::process::id()));
+        Some(
+            Certificates::generate(dir, args.tls_key)
+                .context("cannot make the TLS certificates")?,
+        )
+    } else {
+        None
+    };
     // The idle-memory clients hold one descriptor each.
     super::broker::raise_open_file_limit();
     let runtime = super::runtime("bench")?;
@@ -256,9 +315,10 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         for &workload in &workloads {
             for run in 1..=args.runs.max(1) {
-                let comparison = compare(workload, run, &args, &exe, &load).await?;
+                let tls = certificates.as_ref().filter(|_| workload.tls());
+                let comparison = compare(workload, run, &args, &exe, &load, tls).await?;
                 if !args.json {
-                    print_table(&comparison, &load, args.runs.max(1));
+                    print_table(&comparison, &load, args.runs.max(1), args.tls_key);
                 }
                 comparisons.push(comparison);
             }
@@ -279,6 +339,7 @@ async fn compare(
     args: &BrokerBenchArgs,
     exe: &Executables,
     load: &Load,
+    tls: Option<&Certificates>,
 ) -> anyhow::Result<Comparison> {
     let mut kinds = match args.brokers {
         Brokers::Both => vec![BrokerKind::Headwater, BrokerKind::Mosquitto],
@@ -303,7 +364,7 @@ async fn compare(
         mosquitto: None,
     };
     for kind in kinds {
-        let broker = BrokerProcess::start(kind, exe).await?;
+        let broker = BrokerProcess::start(kind, exe, tls).await?;
         let profile = match (&args.perf, kind) {
             (Some(dir), BrokerKind::Headwater) => Some(Profile::start(
                 dir.join(format!("{}-run{run}.data", workload.name())),
@@ -366,19 +427,20 @@ fn format_value(value: f64, unit: &str) -> String {
     match unit {
         "msg/s" if value >= 1e6 => format!("{:.2} M", value / 1e6),
         "msg/s" if value >= 1e3 => format!("{:.1} k", value / 1e3),
+        "conn/s" => format!("{value:.0}"),
         "MiB" => format!("{value:.1}"),
         _ => format!("{value:.0}"),
     }
 }
 
-fn print_table(comparison: &Comparison, load: &Load, runs: u32) {
+fn print_table(comparison: &Comparison, load: &Load, runs: u32, key: TlsKey) {
     let workload = comparison.workload;
     println!(
         "\n{} (run {} of {runs}, load average {}): {}",
         workload.name(),
         comparison.run,
         comparison.load_average,
-        workload.describe(load)
+        workload.describe(load, key)
     );
     let reference = comparison
         .headwater
@@ -419,6 +481,9 @@ fn print_table(comparison: &Comparison, load: &Load, runs: u32) {
         for note in measured.iter().flat_map(|m| &m.notes) {
             println!("  note ({kind}): {note}");
         }
+        for detail in measured.iter().flat_map(|m| &m.details) {
+            println!("  {kind}: {detail}");
+        }
     }
 }
 
@@ -433,6 +498,7 @@ fn to_json(comparisons: &[Comparison]) -> serde_json::Value {
                     "higher_is_better": metric.higher_is_better,
                 })).collect::<Vec<_>>(),
                 "notes": m.notes,
+                "details": m.details,
             })
         })
     };

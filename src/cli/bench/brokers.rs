@@ -1,6 +1,10 @@
 //! The brokers under test: Headwater (`headwater broker`, durable, its defaults) and
 //! Mosquitto (the system's, `persistence true`), each a fresh child process with its own
 //! temporary directory, ready once an MQTT CONNECT is accepted, killed when dropped.
+//!
+//! For the TLS workloads both read one listener section, written by the same function:
+//! `listener PORT 127.0.0.1` and the TLS lines naming the same certificate files. Mosquitto
+//! gets it inside its usual file, Headwater as its whole `broker -c` file.
 
 use std::fmt;
 use std::fs::File;
@@ -11,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::client::Client;
+use super::client::{Client, Endpoint};
+use super::tls::Certificates;
 
 /// How long a broker may take to start before the run fails.
 const START_PATIENCE: Duration = Duration::from_secs(15);
@@ -51,16 +56,20 @@ pub struct Executables {
 pub struct BrokerProcess {
     /// Which broker.
     pub kind: BrokerKind,
-    /// Where it accepts MQTT clients.
-    pub address: SocketAddr,
+    /// Where it accepts MQTT clients, and whether over TLS.
+    pub endpoint: Endpoint,
     child: Child,
     dir: PathBuf,
 }
 
 impl BrokerProcess {
-    /// Starts a fresh `kind` broker on a free loopback port and waits until it accepts
-    /// an MQTT connection.
-    pub async fn start(kind: BrokerKind, exe: &Executables) -> anyhow::Result<BrokerProcess> {
+    /// Starts a fresh `kind` broker on a free loopback port, its listener speaking TLS
+    /// with `tls` when given, and waits until it accepts an MQTT connection.
+    pub async fn start(
+        kind: BrokerKind,
+        exe: &Executables,
+        tls: Option<&Certificates>,
+    ) -> anyhow::Result<BrokerProcess> {
         let dir = fresh_dir(kind)?;
         let log = File::create(dir.join("broker.log"))
             .with_context(|| format!("cannot create a log file in {}", dir.display()))?;
@@ -68,6 +77,25 @@ impl BrokerProcess {
         // is read from its log once bound.
         let mut port = 0;
         let mut command = match kind {
+            BrokerKind::Headwater if tls.is_some() => {
+                port = free_port()?;
+                let config = dir.join("headwater.conf");
+                let text = format!(
+                    "# written by `headwater bench broker`\n{}allow_anonymous true\n",
+                    listener_section(port, tls)
+                );
+                std::fs::write(&config, text)
+                    .with_context(|| format!("cannot write {}", config.display()))?;
+                let mut command = Command::new(&exe.headwater);
+                command.arg("--data-dir").arg(dir.join("data")).args([
+                    "--log-format",
+                    "json",
+                    "broker",
+                    "-c",
+                ]);
+                command.arg(&config);
+                command
+            }
             BrokerKind::Headwater => {
                 let mut command = Command::new(&exe.headwater);
                 command.arg("--data-dir").arg(dir.join("data")).args([
@@ -82,7 +110,7 @@ impl BrokerProcess {
             BrokerKind::Mosquitto => {
                 port = free_port()?;
                 let config = dir.join("mosquitto.conf");
-                std::fs::write(&config, mosquitto_config(port, &dir, exe))
+                std::fs::write(&config, mosquitto_config(port, &dir, exe, tls))
                     .with_context(|| format!("cannot write {}", config.display()))?;
                 let mut command = Command::new(&exe.mosquitto);
                 command.arg("-c").arg(&config);
@@ -111,13 +139,16 @@ impl BrokerProcess {
         // From here on, Drop kills the child and removes the directory.
         let mut broker = BrokerProcess {
             kind,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            endpoint: Endpoint {
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                tls: tls.map(Certificates::connector).transpose()?,
+            },
             child,
             dir,
         };
         let deadline = Instant::now() + START_PATIENCE;
         if kind == BrokerKind::Headwater {
-            broker.address = broker.headwater_address(deadline).await?;
+            broker.endpoint.address = broker.headwater_address(deadline).await?;
         }
         broker.wait_ready(deadline).await?;
         Ok(broker)
@@ -176,14 +207,14 @@ impl BrokerProcess {
     /// Connects until an MQTT CONNECT is accepted: the broker is serving.
     async fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
         loop {
-            match Client::connect(self.address, None, "bench-ready-probe", true).await {
+            match Client::connect(&self.endpoint, None, "bench-ready-probe", true).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     self.check_alive()?;
                     if Instant::now() > deadline {
                         return Err(e.context(format!(
                             "{} does not accept connections on {}",
-                            self.kind, self.address
+                            self.kind, self.endpoint.address
                         )));
                     }
                 }
@@ -228,11 +259,25 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The listener both brokers get: loopback, and the TLS files when given.
+fn listener_section(port: u16, tls: Option<&Certificates>) -> String {
+    let mut section = format!("listener {port} 127.0.0.1\n");
+    if let Some(tls) = tls {
+        section.push_str(&tls.listener_lines());
+    }
+    section
+}
+
 /// Mosquitto's configuration for a run.
-fn mosquitto_config(port: u16, dir: &Path, exe: &Executables) -> String {
+fn mosquitto_config(
+    port: u16,
+    dir: &Path,
+    exe: &Executables,
+    tls: Option<&Certificates>,
+) -> String {
     let mut config = format!(
         "# written by `headwater bench broker`\n\
-         listener {port} 127.0.0.1\n\
+         {}\
          allow_anonymous true\n\
          # Headwater always sets TCP_NODELAY; Mosquitto only when asked (default false).\n\
          set_tcp_nodelay {}\n\
@@ -241,6 +286,7 @@ fn mosquitto_config(port: u16, dir: &Path, exe: &Executables) -> String {
          persistence true\n\
          persistence_location {}/\n\
          max_queued_messages {}\n",
+        listener_section(port, tls),
         exe.mosquitto_nodelay,
         dir.display(),
         exe.mosquitto_max_queued,
@@ -266,7 +312,7 @@ mod tests {
             mosquitto_max_queued: 100,
             mosquitto_nodelay: false,
         };
-        let config = mosquitto_config(18830, Path::new("/tmp/x"), &exe);
+        let config = mosquitto_config(18830, Path::new("/tmp/x"), &exe, None);
         assert!(config.contains("listener 18830 127.0.0.1\n"));
         assert!(config.contains("persistence_location /tmp/x/\n"));
         assert!(config.contains("max_queued_messages 100\n"));

@@ -1,38 +1,69 @@
-//! One MQTT 3.1.1 connection of the load generator, split into a reader and a writer
-//! so a publisher can keep sending while its acknowledgements come back.
+//! One MQTT 3.1.1 connection of the load generator, over TCP or TLS, split into a
+//! reader and a writer so a publisher can keep sending while its acknowledgements come
+//! back.
 //!
 //! The broker's own `broker::codec::Codec` is the server side of the protocol (it
 //! decodes only what clients send and refuses to encode before a CONNECT arrived), so
 //! the client speaks through the crate underneath it, `rmqtt-codec`, directly. Writes
 //! are batched: callers queue packets into one buffer and flush it with one
 //! `write_all`, so the generator spends a syscall per batch, not per message.
+//!
+//! The plain TCP halves are tokio's owned halves, as before TLS existed: a TLS stream
+//! cannot be split that way (reads and writes share one rustls session), so its halves
+//! go through `tokio::io::split` and its lock, and only TLS connections pay for that.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::types::{Protocol, Publish, QoS};
 use rmqtt_codec::v3::{Codec, Connect, ConnectAckReason, Packet, SubscribeReturnCode};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Where clients connect: the broker's address, and how to speak TLS to it when its
+/// listener does.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The listener's address.
+    pub address: SocketAddr,
+    /// `Some` for a TLS listener: the client configuration (trusted CA) to use.
+    pub tls: Option<TlsConnector>,
+}
+
+/// The receiving side of the socket.
+enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The sending side of the socket.
+enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
 /// The receiving half: packets from the broker.
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     codec: Codec,
     buf: BytesMut,
 }
 
 /// The sending half: packets queued into one buffer, written on `flush`.
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     codec: Codec,
     buf: BytesMut,
 }
@@ -43,26 +74,80 @@ pub struct Client {
     pub reader: Reader,
     /// Packets to the broker.
     pub writer: Writer,
+    /// Over TLS: the negotiated version and cipher suite (`TLSv1_3
+    /// TLS13_AES_256_GCM_SHA384`).
+    pub tls_session: Option<String>,
+}
+
+/// How long the steps of one connection took, each from the start of the TCP connect.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Until the TCP connection is up and, over TLS, the handshake finished.
+    pub handshake: Duration,
+    /// Until the accepting CONNACK arrived.
+    pub connack: Duration,
 }
 
 impl Client {
-    /// Connects to `address` (from `source` when given, else the kernel's choice) with
-    /// TCP_NODELAY, sends CONNECT and waits for an accepting CONNACK.
+    /// Connects to `endpoint` (from `source` when given, else the kernel's choice) with
+    /// TCP_NODELAY, completes the TLS handshake when the endpoint has TLS, sends CONNECT
+    /// and waits for an accepting CONNACK.
     pub async fn connect(
-        address: SocketAddr,
+        endpoint: &Endpoint,
         source: Option<IpAddr>,
         client_id: &str,
         clean_session: bool,
     ) -> anyhow::Result<Client> {
+        Ok(
+            Client::connect_timed(endpoint, source, client_id, clean_session)
+                .await?
+                .0,
+        )
+    }
+
+    /// [`Client::connect`], also saying how long the handshake and the CONNACK took.
+    pub async fn connect_timed(
+        endpoint: &Endpoint,
+        source: Option<IpAddr>,
+        client_id: &str,
+        clean_session: bool,
+    ) -> anyhow::Result<(Client, Timing)> {
+        let start = Instant::now();
         let socket = TcpSocket::new_v4()?;
         if let Some(ip) = source {
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .with_context(|| format!("cannot bind the source address {ip}"))?;
         }
-        let stream = socket.connect(address).await?;
+        let stream = socket.connect(endpoint.address).await?;
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        let (read, write, tls_session) = match &endpoint.tls {
+            None => {
+                let (read, write) = stream.into_split();
+                (ReadHalf::Tcp(read), WriteHalf::Tcp(write), None)
+            }
+            Some(connector) => {
+                // The brokers listen on 127.0.0.1, which the certificate names.
+                let name = ServerName::IpAddress(endpoint.address.ip().into());
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .context("tls handshake failed")?;
+                let (_, session) = stream.get_ref();
+                let described = format!(
+                    "{} {}",
+                    session
+                        .protocol_version()
+                        .map_or("unknown version".into(), |v| format!("{v:?}")),
+                    session
+                        .negotiated_cipher_suite()
+                        .map_or("unknown suite".into(), |s| format!("{:?}", s.suite()))
+                );
+                let (read, write) = tokio::io::split(stream);
+                (ReadHalf::Tls(read), WriteHalf::Tls(write), Some(described))
+            }
+        };
+        let handshake = start.elapsed();
         let mut client = Client {
             reader: Reader {
                 half: read,
@@ -74,6 +159,7 @@ impl Client {
                 codec: Codec::new(0),
                 buf: BytesMut::new(),
             },
+            tls_session,
         };
         client.writer.queue(Packet::Connect(Box::new(Connect {
             protocol: Protocol(4),
@@ -88,7 +174,8 @@ impl Client {
             Some(Packet::ConnectAck(ack))
                 if ack.return_code == ConnectAckReason::ConnectionAccepted =>
             {
-                Ok(client)
+                let connack = start.elapsed();
+                Ok((client, Timing { handshake, connack }))
             }
             Some(Packet::ConnectAck(ack)) => bail!("connect refused: {}", ack.return_code.reason()),
             Some(other) => bail!(
@@ -126,6 +213,30 @@ impl Client {
     pub fn split(self) -> (Reader, Writer) {
         (self.reader, self.writer)
     }
+
+    /// Sends DISCONNECT, closes the sending side (over TLS with a close_notify first)
+    /// and reads until the broker closed the connection too, at most `patience`.
+    pub async fn disconnect(mut self, patience: Duration) -> anyhow::Result<()> {
+        self.writer.queue(Packet::Disconnect)?;
+        self.writer.flush().await?;
+        match &mut self.writer.half {
+            WriteHalf::Tcp(half) => half.shutdown().await?,
+            WriteHalf::Tls(half) => half.shutdown().await?,
+        }
+        let closed = async {
+            loop {
+                match self.reader.next().await {
+                    Ok(Some(_)) => {}
+                    // A broker may close without a close_notify of its own (Mosquitto
+                    // does): the connection is over either way.
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        tokio::time::timeout(patience, closed)
+            .await
+            .context("the broker kept the connection open after DISCONNECT")
+    }
 }
 
 impl Reader {
@@ -137,7 +248,11 @@ impl Reader {
                 return Ok(Some(packet));
             }
             self.buf.reserve(READ_CHUNK);
-            if self.half.read_buf(&mut self.buf).await? == 0 {
+            let read = match &mut self.half {
+                ReadHalf::Tcp(half) => half.read_buf(&mut self.buf).await?,
+                ReadHalf::Tls(half) => half.read_buf(&mut self.buf).await?,
+            };
+            if read == 0 {
                 return Ok(None);
             }
         }
@@ -164,7 +279,14 @@ impl Writer {
     /// Writes the batch, if any.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.buf.is_empty() {
-            self.half.write_all(&self.buf).await?;
+            match &mut self.half {
+                WriteHalf::Tcp(half) => half.write_all(&self.buf).await?,
+                WriteHalf::Tls(half) => {
+                    // rustls may keep records it could not write yet; flush sends them.
+                    half.write_all(&self.buf).await?;
+                    half.flush().await?;
+                }
+            }
             self.buf.clear();
         }
         Ok(())

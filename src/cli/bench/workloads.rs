@@ -6,7 +6,7 @@
 //! full (1000 by default); a window below that measures the rate a broker sustains
 //! without loss instead of how fast it can discard.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::brokers::BrokerProcess;
-use super::client::{self, Client, Reader, Writer};
+use super::client::{self, Client, Endpoint, Reader, Writer};
 
 /// Messages queued per write by a publisher.
 const BATCH: u64 = 64;
@@ -55,6 +55,10 @@ pub struct Load {
     pub source_addresses: u8,
     /// A subscriber that receives nothing for this long ends the run (lost messages).
     pub quiet: Duration,
+    /// tls-connect: connections made.
+    pub tls_connections: usize,
+    /// tls-connect: connections in progress at once.
+    pub tls_concurrency: usize,
 }
 
 /// One measured figure.
@@ -77,6 +81,9 @@ pub struct Measured {
     pub metrics: Vec<Metric>,
     /// Anything a reader must know to trust the figures (lost messages).
     pub notes: Vec<String>,
+    /// What the run used, for the record rather than as a warning (the negotiated TLS
+    /// version and cipher suite).
+    pub details: Vec<String>,
 }
 
 impl Measured {
@@ -317,7 +324,7 @@ fn rate(count: u64, start: Instant, last: Option<Instant>) -> f64 {
 /// fan-in: `publishers` -> 1 subscriber at `qos` (QoS 1: a persistent session and
 /// `inflight` unacknowledged publishes per publisher); received messages/s.
 pub async fn fan_in(broker: &BrokerProcess, load: &Load, qos: QoS) -> anyhow::Result<Measured> {
-    let address = broker.address;
+    let endpoint = &broker.endpoint;
     let persistent = qos == QoS::AtLeastOnce;
     let default = if persistent {
         QOS1_MESSAGES
@@ -325,12 +332,13 @@ pub async fn fan_in(broker: &BrokerProcess, load: &Load, qos: QoS) -> anyhow::Re
         FAN_IN_MESSAGES
     };
     let messages = load.messages.unwrap_or(default);
-    let mut subscriber = Client::connect(address, None, "bench-fan-in-sub", !persistent).await?;
+    let mut subscriber = Client::connect(endpoint, None, "bench-fan-in-sub", !persistent).await?;
     subscriber.subscribe("bench/fan-in/+", qos).await?;
+    let tls_session = subscriber.tls_session.take();
     let mut publishers = Vec::new();
     for i in 0..load.publishers {
         publishers
-            .push(Client::connect(address, None, &format!("bench-fan-in-pub-{i}"), true).await?);
+            .push(Client::connect(endpoint, None, &format!("bench-fan-in-pub-{i}"), true).await?);
     }
     let progress = Progress::new(1, load.window);
     let payload = timestamped(load.payload, 0);
@@ -386,6 +394,9 @@ pub async fn fan_in(broker: &BrokerProcess, load: &Load, qos: QoS) -> anyhow::Re
         rate(received.count, start, received.last),
         true,
     );
+    measured
+        .details
+        .extend(tls_session.map(|s| format!("tls: {s}")));
     if received.count < messages {
         measured.notes.push(format!(
             "lost {} of {messages} messages (nothing arrived for {:?})",
@@ -420,18 +431,18 @@ async fn finish_publishers(
 
 /// fan-out: 1 publisher -> `subscribers`, QoS 0; deliveries/s.
 pub async fn fan_out(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
-    let address = broker.address;
+    let endpoint = &broker.endpoint;
     let messages = load.messages.unwrap_or(FAN_OUT_MESSAGES);
     let mut subscribers = Vec::new();
     for i in 0..load.subscribers {
         let mut subscriber =
-            Client::connect(address, None, &format!("bench-fan-out-sub-{i}"), true).await?;
+            Client::connect(endpoint, None, &format!("bench-fan-out-sub-{i}"), true).await?;
         subscriber
             .subscribe("bench/fan-out", QoS::AtMostOnce)
             .await?;
         subscribers.push(subscriber);
     }
-    let publisher = Client::connect(address, None, "bench-fan-out-pub", true).await?;
+    let publisher = Client::connect(endpoint, None, "bench-fan-out-pub", true).await?;
     let progress = Progress::new(subscribers.len(), load.window);
     let start = Instant::now();
     let mut receiving = JoinSet::new();
@@ -481,7 +492,7 @@ pub async fn fan_out(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Meas
 pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
     let mut measured = Measured::default();
     for (qos, label) in [(QoS::AtMostOnce, "QoS 0"), (QoS::AtLeastOnce, "QoS 1")] {
-        let mut latencies = latency_at(broker.address, load, qos).await?;
+        let mut latencies = latency_at(&broker.endpoint, load, qos).await?;
         let expected = u64::from(load.rate) * load.duration.as_secs();
         if (latencies.len() as u64) < expected {
             measured.notes.push(format!(
@@ -523,12 +534,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// Latencies in nanoseconds of one run at `qos`.
-async fn latency_at(address: SocketAddr, load: &Load, qos: QoS) -> anyhow::Result<Vec<u64>> {
+async fn latency_at(endpoint: &Endpoint, load: &Load, qos: QoS) -> anyhow::Result<Vec<u64>> {
     let level = qos as u8;
     let persistent = qos == QoS::AtLeastOnce;
     let topic = ByteString::from(format!("bench/latency/{level}"));
     let mut subscriber = Client::connect(
-        address,
+        endpoint,
         None,
         &format!("bench-latency-sub-{level}"),
         !persistent,
@@ -536,7 +547,7 @@ async fn latency_at(address: SocketAddr, load: &Load, qos: QoS) -> anyhow::Resul
     .await?;
     subscriber.subscribe(&topic, qos).await?;
     let publisher =
-        Client::connect(address, None, &format!("bench-latency-pub-{level}"), true).await?;
+        Client::connect(endpoint, None, &format!("bench-latency-pub-{level}"), true).await?;
     let count = u64::from(load.rate) * load.duration.as_secs();
     let clock = Instant::now();
     // The window never binds at a fixed rate; the subscriber counts into it regardless.
@@ -594,12 +605,76 @@ async fn latency_at(address: SocketAddr, load: &Load, qos: QoS) -> anyhow::Resul
     Ok(received.latencies)
 }
 
+/// Connections made by tls-connect by default.
+pub const TLS_CONNECTIONS: usize = 3000;
+
+/// tls-connect: `tls_connections` clients, `tls_concurrency` at a time, each doing TCP
+/// connect, TLS handshake, CONNECT, CONNACK, DISCONNECT and waiting for the broker to
+/// close; connections/s over the whole run, and percentiles of the time to the end of
+/// the handshake and to CONNACK.
+pub async fn connect_rate(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
+    let endpoint = &broker.endpoint;
+    if endpoint.tls.is_none() {
+        bail!("tls-connect needs a broker with a TLS listener");
+    }
+    let total = load.tls_connections.max(1);
+    let quiet = load.quiet;
+    let start = Instant::now();
+    let connections: Vec<(client::Timing, Option<String>)> = futures::stream::iter(0..total)
+        .map(|i| async move {
+            let (mut client, timing) =
+                Client::connect_timed(endpoint, None, &format!("bench-tls-connect-{i}"), true)
+                    .await
+                    .with_context(|| format!("connection {} of {total}", i + 1))?;
+            let session = client.tls_session.take();
+            client.disconnect(quiet).await?;
+            anyhow::Ok((timing, session))
+        })
+        .buffer_unordered(load.tls_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let elapsed = start.elapsed();
+    let nanos = |d: Duration| d.as_nanos() as u64;
+    let mut handshakes: Vec<u64> = connections
+        .iter()
+        .map(|(t, _)| nanos(t.handshake))
+        .collect();
+    let mut connacks: Vec<u64> = connections.iter().map(|(t, _)| nanos(t.connack)).collect();
+    handshakes.sort_unstable();
+    connacks.sort_unstable();
+    let mut measured = Measured::default();
+    measured.push(
+        "connections/s",
+        "conn/s",
+        connections.len() as f64 / elapsed.as_secs_f64(),
+        true,
+    );
+    let us = |nanos: u64| nanos as f64 / 1000.0;
+    for (name, sorted) in [("handshake", &handshakes), ("CONNACK", &connacks)] {
+        for p in [50.0, 99.0] {
+            measured.push(
+                format!("{name} p{p:.0}"),
+                "µs",
+                us(percentile(sorted, p)),
+                false,
+            );
+        }
+    }
+    measured.details.extend(
+        connections
+            .into_iter()
+            .find_map(|(_, session)| session)
+            .map(|s| format!("tls: {s}")),
+    );
+    Ok(measured)
+}
+
 /// idle-memory: the broker's RSS growth per connection that connected and sits idle.
 pub async fn idle_memory(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
     // Let the readiness probe's connection be torn down before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = broker.rss_bytes()?;
-    let address = broker.address;
+    let endpoint = &broker.endpoint;
     let sources = load.source_addresses.max(1);
     let clients: Vec<Client> = futures::stream::iter(0..load.connections)
         .map(|i| async move {
@@ -612,7 +687,7 @@ pub async fn idle_memory(broker: &BrokerProcess, load: &Load) -> anyhow::Result<
                     1 + (i % usize::from(sources)) as u8,
                 ))
             });
-            Client::connect(address, source, &format!("bench-idle-{i}"), true)
+            Client::connect(endpoint, source, &format!("bench-idle-{i}"), true)
                 .await
                 .with_context(|| format!("connection {} of {}", i + 1, load.connections))
         })
