@@ -661,8 +661,10 @@ impl Connection {
             let resume = !connect.clean_start && state.sessions.contains_key(&client_id);
             if !resume {
                 // A clean start erases what an earlier session left [MQTT-3.1.2-4].
-                state.remove_session(&client_id);
-                if durable {
+                // Only a session that was ever stored has anything on disk to erase;
+                // a clean client's CONNACK then needs no fsync.
+                let earlier = state.remove_session(&client_id);
+                if durable && earlier.is_some_and(|s| s.stored) {
                     ops.extend(Session::erase_ops(&client_id));
                 }
                 state.sessions.insert(
@@ -686,6 +688,7 @@ impl Connection {
             session_present = resume;
             if durable && session.persistent() {
                 ops.push(session.record_op());
+                session.stored = true;
             }
         }
         // A persistent session's CONNACK waits until the session is on disk.
@@ -1561,6 +1564,7 @@ impl Connection {
         let mut expiry = None;
         let mut reroute = None;
         let mut generation = 0;
+        let mut erase = None;
         {
             let mut state = broker.state();
             if let Some(session) = state.sessions.get_mut(&self.client_id)
@@ -1577,8 +1581,20 @@ impl Connection {
                 if !taken.is_empty() {
                     reroute = Some(state.reroute_shared(&self.client_id, taken));
                 }
-                if expiry == Some(0) {
-                    state.remove_session(&self.client_id);
+                if expiry == Some(0)
+                    && let Some(ended) = state.remove_session(&self.client_id)
+                    && ended.stored
+                    && broker.shared.durable()
+                {
+                    // It was persistent once (resumed with expiry 0 since): its record
+                    // and messages go with it, or a restart would bring it back. Queued
+                    // under the lock, so a new session of the same id is written after.
+                    erase = Some(
+                        broker
+                            .shared
+                            .store
+                            .commit_queued(Session::erase_ops(&self.client_id)),
+                    );
                 }
             } else if state
                 .sessions
@@ -1589,6 +1605,9 @@ impl Connection {
                 // the takeover or its own end first.
                 self.taken_over = true;
             }
+        }
+        if let Some(erased) = erase {
+            let _ = erased.await;
         }
         if let Some(plan) = reroute {
             let _ = broker.shared.store.commit(plan.ops).await;

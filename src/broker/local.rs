@@ -277,6 +277,54 @@ mod tests {
         broker.shutdown().await;
     }
 
+    #[tokio::test]
+    async fn only_a_session_that_was_stored_costs_store_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let config = BrokerConfig {
+                sys_interval: 0,
+                ..BrokerConfig::default()
+            };
+            Broker::open(config, dir.path()).expect("durable broker")
+        };
+        // A clean client's CONNACK waits for no write, and its end writes nothing.
+        let broker = open();
+        let clean = LocalConnect {
+            session_expiry: 0,
+            ..connect("clean", true)
+        };
+        let (client, _) = broker.connect_local(clean.clone()).await.unwrap();
+        client.disconnect().await;
+        let (client, _) = broker.connect_local(clean).await.unwrap();
+        client.disconnect().await;
+        broker.shutdown().await;
+        assert_eq!(broker.shared.store.stats().ops, 0);
+        drop(broker);
+
+        // A persistent session resumed with expiry 0 ends with its connection, and its
+        // stored record goes too: a restart must not bring it back.
+        let broker = open();
+        let persistent = LocalConnect {
+            session_expiry: 60,
+            ..connect("once-persistent", true)
+        };
+        let (client, _) = broker.connect_local(persistent).await.unwrap();
+        client.disconnect().await;
+        let resumed = LocalConnect {
+            session_expiry: 0,
+            ..connect("once-persistent", false)
+        };
+        let (client, ack) = broker.connect_local(resumed).await.unwrap();
+        assert!(ack.session_present);
+        client.disconnect().await;
+        broker.shutdown().await;
+        drop(broker);
+
+        let broker = open();
+        assert!(!broker.state().sessions.contains_key("once-persistent"));
+        broker.shutdown().await;
+    }
+
     fn will(delay: u32) -> Option<Will> {
         Some(Will {
             topic: "status".into(),

@@ -567,6 +567,7 @@ fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
         };
         let client_id = ByteString::from(client_id);
         let mut session = Session::new(client_id.clone(), record.expiry, version);
+        session.stored = true;
         session.identity = record.realm.map(|realm| {
             Arc::new(session::Identity {
                 realm,

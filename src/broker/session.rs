@@ -112,6 +112,9 @@ pub struct Session {
     pub expiry: u32,
     /// Protocol version of the last connection.
     pub version: Version,
+    /// Whether the store may hold a record or messages of it (it was persistent at some
+    /// point, or recovered from disk): only then does ending it cost a store write.
+    pub stored: bool,
     /// Subscriptions by their raw filter (with any `$share/` prefix).
     pub subscriptions: HashMap<ByteString, Subscription>,
     /// Messages not yet sent.
@@ -141,6 +144,7 @@ impl Session {
             client_id,
             expiry,
             version,
+            stored: false,
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),

@@ -7,7 +7,8 @@
 //! unmasks frame payloads in place, in the caller's buffer, and a write gathers bytes
 //! until the flush and sends them as one binary frame. The only buffer a stream owns is
 //! that frame, released after the flush unless it is small, so an idle stream costs its
-//! struct (176 bytes beside the transport on 64-bit targets) and at most [`IDLE_WRITE_BUFFER`] bytes.
+//! struct (176 bytes beside the transport on 64-bit targets) and at most
+//! [`IDLE_WRITE_BUFFER`] bytes of heap.
 //!
 //! Read and write a stream from one task, as the broker's connection does: a read
 //! answers a ping (and a close) by writing the reply itself when no data frame is on its
@@ -40,6 +41,9 @@ pub const IDLE_WRITE_BUFFER: usize = 512;
 /// answers; further pongs are not queued (RFC 6455 5.5.3 allows answering only the
 /// latest ping).
 const MAX_CONTROL_BACKLOG: usize = 256;
+
+/// Most bytes one read asks of the transport.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Most headers an upgrade request may carry.
 const MAX_HEADERS: usize = 64;
@@ -815,8 +819,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            // Frames are read straight into the caller's buffer and decoded there.
-            let room = buf.initialize_unfilled();
+            // Frames are read straight into the caller's buffer and decoded there. The
+            // room is zeroed first (tokio's rule for safe code), at most READ_CHUNK of it
+            // per read, so a large buffer is not cleared again and again.
+            let room = buf.initialize_unfilled_to(buf.remaining().min(READ_CHUNK));
             let n = if this.reader.early.is_empty() {
                 let mut into = ReadBuf::new(&mut *room);
                 ready!(Pin::new(&mut this.inner).poll_read(cx, &mut into))?;
