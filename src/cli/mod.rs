@@ -6,6 +6,8 @@ mod broker;
 mod check;
 mod graph;
 mod passwd;
+#[allow(dead_code)] // TEMP until the plugin command is merged
+mod plugin_project;
 mod run;
 
 use std::path::PathBuf;
