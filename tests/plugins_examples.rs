@@ -91,12 +91,19 @@ fn energy_pulse_turns_pulse_counts_into_kwh_and_watts() {
     expect(&power, "meter/power", r#"{"pulses":1000,"kwh":1}"#);
     // 100 pulses of 1 Wh in one minute: 100 Wh per minute is 6000 W.
     publish(port, "meter/pulses", r#"{"pulses": 1100, "ts": 60000}"#);
-    expect(&power, "meter/power", r#"{"pulses":1100,"kwh":1.1,"w":6000}"#);
+    expect(
+        &power,
+        "meter/power",
+        r#"{"pulses":1100,"kwh":1.1,"w":6000}"#,
+    );
     // No count: the message fails with the plugin's code 3, to the error port.
     publish(port, "meter/pulses", r#"{"watts": 5}"#);
     let failure = log_of(&gateway, "energy_pulse/failures");
     assert_eq!(failure["message"], r#"{"watts": 5}"#);
-    assert!(failure.to_string().contains("plugin returned 3"), "{failure}");
+    assert!(
+        failure.to_string().contains("plugin returned 3"),
+        "{failure}"
+    );
     stop(gateway);
 }
 
@@ -128,7 +135,9 @@ fn threshold_alert_forks_alerts_to_a_second_port_and_drops_what_it_cannot_read()
     // Every reading with a value reached `out` (the file), in order; the one without
     // was dropped, not failed.
     let file = dir.path().join("temperatures.jsonl");
-    let expected = [readings[0], readings[1], readings[3]].map(|r| format!("{r}\n")).concat();
+    let expected = [readings[0], readings[1], readings[3]]
+        .map(|r| format!("{r}\n"))
+        .concat();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -146,14 +155,37 @@ fn unit_convert_rewrites_fahrenheit_in_place_and_fails_unreadable_readings() {
     let dir = tempfile::tempdir().unwrap();
     let (gateway, port) = run_flow("plugin-unit-convert.yaml", dir.path(), 1);
     let celsius = subscribe_on(port, "weather/+/celsius", 1);
-    publish(port, "weather/fahrenheit", r#"{"station":"roof","temp":71.6}"#);
-    expect(&celsius, "weather/roof/celsius", r#"{"station":"roof","temp":22}"#);
-    publish(port, "weather/fahrenheit", r#"{"station":"roof","temp":"warm"}"#);
+    publish(
+        port,
+        "weather/fahrenheit",
+        r#"{"station":"roof","temp":71.6}"#,
+    );
+    expect(
+        &celsius,
+        "weather/roof/celsius",
+        r#"{"station":"roof","temp":22}"#,
+    );
+    publish(
+        port,
+        "weather/fahrenheit",
+        r#"{"station":"roof","temp":"warm"}"#,
+    );
     let failure = log_of(&gateway, "unit_convert/failures");
     assert_eq!(failure["message"], r#"{"station":"roof","temp":"warm"}"#);
-    assert!(failure.to_string().contains("plugin returned 3"), "{failure}");
-    publish(port, "weather/fahrenheit", r#"{"temp": -40, "station":"cellar"}"#);
-    expect(&celsius, "weather/cellar/celsius", r#"{"temp": -40, "station":"cellar"}"#);
+    assert!(
+        failure.to_string().contains("plugin returned 3"),
+        "{failure}"
+    );
+    publish(
+        port,
+        "weather/fahrenheit",
+        r#"{"temp": -40, "station":"cellar"}"#,
+    );
+    expect(
+        &celsius,
+        "weather/cellar/celsius",
+        r#"{"temp": -40, "station":"cellar"}"#,
+    );
     stop(gateway);
 }
 
@@ -240,7 +272,15 @@ fn plugin_new_gives_a_project_that_builds_passes_check_and_runs_in_its_flow() {
         let project = tmp.path().join(format!("hello-{lang}"));
         let name = format!("hello-{lang}");
         let (ok, _, err) = headwater(
-            &["plugin", "new", &name, "--lang", lang, "--dir", project.to_str().unwrap()],
+            &[
+                "plugin",
+                "new",
+                &name,
+                "--lang",
+                lang,
+                "--dir",
+                project.to_str().unwrap(),
+            ],
             &[],
         );
         assert!(ok, "plugin new --lang {lang}: {err}");
