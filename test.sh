@@ -19,6 +19,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The C plugin SDK and example (plugins/build.sh): clang for wasm32, and lld's wasm-ld.
+command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -56,5 +59,21 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
+
+# WASM plugins: Rust's wasm32 target, AssemblyScript (pinned by sdk/assemblyscript's
+# package-lock.json), then every example plugin built from source into plugins/build/,
+# where flows/plugin-*.yaml (tests/flow_check.rs) and tests/plugins_examples.rs find them.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  echo "test.sh: adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+if [ ! -x sdk/assemblyscript/node_modules/.bin/asc ]; then
+  echo "test.sh: installing AssemblyScript"
+  (cd sdk/assemblyscript && npm ci --no-audit --no-fund --loglevel=error)
+fi
+plugins/build.sh
+# The SDK's and the example plugins' own unit tests, natively on the SDK's test host.
+(cd sdk/rust && cargo test --locked --quiet)
+(cd plugins && cargo test --locked --quiet --target-dir target)
 
 cargo test --locked "$@"

@@ -7,6 +7,7 @@ mod check;
 mod graph;
 mod passwd;
 mod plugin;
+mod plugin_project;
 mod run;
 
 use std::path::PathBuf;

@@ -19,12 +19,44 @@ pub enum PluginCommand {
         #[arg(value_name = "FILE.wasm")]
         file: PathBuf,
     },
+    /// Write a new plugin project from a template, with the SDK copied in, so it builds
+    /// anywhere
+    New {
+        /// The plugin's name (letters, digits, `-` and `_`)
+        name: String,
+        /// The language of the project
+        #[arg(long, value_enum)]
+        lang: super::plugin_project::Lang,
+        /// Where to write it (default: ./NAME)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin project (Rust, C or AssemblyScript, found from its files); prints
+    /// the path of the .wasm
+    Build {
+        /// The project directory
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a `plugin` subcommand.
 pub fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check { file } => check(&file),
+        PluginCommand::New { name, lang, dir } => {
+            let root = super::plugin_project::new_project(&name, lang, dir.as_deref())?;
+            eprintln!(
+                "wrote {}: build it with `headwater plugin build {}`",
+                root.display(),
+                root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Build { dir } => {
+            println!("{}", super::plugin_project::build_project(&dir)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
