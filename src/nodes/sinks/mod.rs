@@ -1,5 +1,7 @@
 //! Sink node kinds: they commit messages somewhere; only their `error` port feeds others.
 
 pub mod file;
+pub mod http_out;
+pub mod http_retry;
 pub mod log;
 pub mod mqtt_out;
