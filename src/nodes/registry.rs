@@ -205,6 +205,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
     &Kind::<sinks::file::FileOutConfig>::NEW,
     &Kind::<sinks::http_out::HttpOutConfig>::NEW,
+    &Kind::<sinks::influx_out::InfluxOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

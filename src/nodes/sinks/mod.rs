@@ -3,5 +3,6 @@
 pub mod file;
 pub mod http_out;
 pub mod http_retry;
+pub mod influx_out;
 pub mod log;
 pub mod mqtt_out;
