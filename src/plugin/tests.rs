@@ -198,13 +198,19 @@ fn each_hostile_plugin_fails_its_call_with_a_clear_reason() {
         call("oob", Limits::default(), "t").unwrap_err().reason,
         "emit out of bounds: record at 2147418112 of 100 bytes, the plugin's memory has 65536 bytes"
     );
+    // Copying 16 MiB out takes a while in a debug build on a loaded machine: give the
+    // flood time, so the limit that stops it is the bytes, never the clock.
+    let patient = Limits {
+        timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
     assert_eq!(
-        call("flood", Limits::default(), "t").unwrap_err().reason,
+        call("flood", patient, "t").unwrap_err().reason,
         "emit limit reached: 16777216 bytes already emitted in this call, 1048576 more exceed 16MiB (limits.max_emit_bytes)"
     );
     let few = Limits {
         max_emits: 3,
-        ..Limits::default()
+        ..patient
     };
     assert_eq!(
         call("flood", few, "t").unwrap_err().reason,

@@ -369,7 +369,11 @@ async fn run(shared: Arc<Shared>, cx: NodeContext) -> Result<(), NodeError> {
         std::mem::swap(&mut emit, &mut out);
         cx.outputs.flush(&mut emit).await;
         if !rest.is_empty() {
-            // The instance is being rebuilt; these wait in the inbox, in order.
+            // The instance is being rebuilt; these wait in the inbox, in order, and are
+            // counted as received when they come back.
+            cx.stats
+                .received
+                .fetch_sub(rest.len() as u64, std::sync::atomic::Ordering::Relaxed);
             inbox.requeue_front(rest);
         }
     }
@@ -496,10 +500,11 @@ mod tests {
             ),
         ];
         for (name, _, reason) in cases {
-            let limits = if name == "grow" {
-                "limits: { memory: 1MiB }"
-            } else {
-                ""
+            // The flood gets time enough that the bytes limit, not the clock, stops it.
+            let limits = match name {
+                "grow" => "limits: { memory: 1MiB }",
+                "flood" => "limits: { timeout: 20s }",
+                _ => "",
             };
             let mut h = start(dir.path(), name, limits);
             let mut outcomes = Vec::new();
@@ -534,7 +539,7 @@ mod tests {
     #[tokio::test]
     async fn a_plugin_that_keeps_timing_out_is_rebuilt_and_the_rest_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let mut h = start(dir.path(), "spin", "limits: { timeout: 20ms }");
+        let mut h = start(dir.path(), "spin", "limits: { timeout: 50ms }");
         for i in 0..6 {
             h.send(Msg::new("spin", format!("{i}"), 0)).await;
         }
@@ -542,7 +547,7 @@ mod tests {
         for i in 0..6 {
             let failed = h.recv("error").await.unwrap();
             assert_eq!(failed.payload, format!("{i}"));
-            assert_eq!(failed.headers["error"], "plugin timed out after 20ms");
+            assert_eq!(failed.headers["error"], "plugin timed out after 50ms");
         }
         // The seventh message waited for the fresh instance and passes.
         assert_eq!(h.recv("out").await.unwrap().payload, "after");
