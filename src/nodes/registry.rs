@@ -189,6 +189,8 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // sources
     &Kind::<sources::timer::TimerConfig>::NEW,
     &Kind::<sources::mqtt_in::MqttInConfig>::NEW,
+    &Kind::<sources::gpio_pulse::GpioPulseConfig>::NEW,
+    &Kind::<sources::gpio_in::GpioInConfig>::NEW,
     // transforms
     &Kind::<transforms::script::ScriptConfig>::NEW,
     &Kind::<transforms::filter::FilterConfig>::NEW,
@@ -204,6 +206,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::log::LogConfig>::NEW,
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
     &Kind::<sinks::file::FileOutConfig>::NEW,
+    &Kind::<sinks::gpio_out::GpioOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

@@ -1,5 +1,6 @@
 //! Sink node kinds: they commit messages somewhere; only their `error` port feeds others.
 
 pub mod file;
+pub mod gpio_out;
 pub mod log;
 pub mod mqtt_out;
