@@ -9,7 +9,9 @@
 //! The gauge is `3600 x wh_per_pulse / seconds` between consecutive pulses (kernel
 //! timestamps). Between pulses it decays: no pulse for `elapsed` seconds means the
 //! average power over that time was below `3600 x wh_per_pulse / elapsed`, so that bound
-//! is sent when it is lower than the last gauge, and 0 once it is below `zero_below`.
+//! is sent when it is lower than the last gauge sent, and 0 once it is below
+//! `zero_below`. Before the second pulse (no interval yet) the bound counts from the
+//! node's start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +58,8 @@ pub struct GpioPulseConfig {
     pub id: Option<String>,
     /// The counter in Wh when the node has no state yet (the meter's register today).
     pub counter_start: Option<f64>,
-    /// Simulated chips only: a built-in pulse generator for demos.
+    /// A built-in pulse generator for demos on a simulated chip; ignored on a real one,
+    /// so one flow file serves a PC and a Pi.
     pub simulate: Option<SimulateConfig>,
 }
 
@@ -153,12 +156,6 @@ impl Config for GpioPulseConfig {
             ));
         }
         if let Some(simulate) = &self.simulate {
-            if !matches!(ChipRef::parse(&self.chip), Ok(ChipRef::Sim(_))) {
-                issues.push(ConfigIssue::new(
-                    "simulate",
-                    "only a simulated chip (`chip: sim:NAME`) has a pulse generator",
-                ));
-            }
             let levels = simulate.watts.levels();
             if levels.is_empty() || levels.len() > 1000 {
                 issues.push(ConfigIssue::new(
@@ -308,8 +305,8 @@ pub struct Meter {
     last_pulse_ns: Option<u64>,
     /// Start of the current pulse-free stretch: the last pulse, or the start.
     since_ns: u64,
-    /// The gauge from the last two pulses.
-    pulse_gauge: Option<f64>,
+    /// The last gauge sent: from the last two pulses, or a bound since.
+    last_gauge: Option<f64>,
     last_seqno: u32,
 }
 
@@ -330,7 +327,7 @@ impl Meter {
             zero_below,
             last_pulse_ns: None,
             since_ns: now_ns,
-            pulse_gauge: None,
+            last_gauge: None,
             last_seqno: 0,
         }
     }
@@ -356,28 +353,29 @@ impl Meter {
             })
         });
         if gauge.is_some() {
-            self.pulse_gauge = gauge;
+            self.last_gauge = gauge;
         }
         self.last_pulse_ns = Some(event.timestamp_ns);
         self.since_ns = event.timestamp_ns;
         Counted { lost, gauge }
     }
 
-    /// The gauge at `now_ns` with no pulse since the last: the last gauge, or the bound
-    /// the pulse-free time allows when that is lower (0 below `zero_below`).
-    pub fn gauge_at(&self, now_ns: u64) -> f64 {
+    /// The gauge at `now_ns` with no pulse since the last: the last gauge sent, or the
+    /// bound the pulse-free time allows when that is lower (0 below `zero_below`). What
+    /// it returns becomes the last gauge, so between pulses the gauge only decays.
+    pub fn gauge_at(&mut self, now_ns: u64) -> f64 {
         let elapsed = now_ns.saturating_sub(self.since_ns);
-        let bound = if elapsed == 0 {
-            f64::INFINITY
-        } else {
-            3600e9 * self.stored.wh_per_pulse / elapsed as f64
-        };
-        match self.pulse_gauge {
+        if elapsed == 0 {
+            return self.last_gauge.unwrap_or(0.0);
+        }
+        let bound = 3600e9 * self.stored.wh_per_pulse / elapsed as f64;
+        let value = match self.last_gauge {
             Some(gauge) if gauge <= bound => gauge,
             _ if bound < self.zero_below => 0.0,
-            _ if bound.is_infinite() => 0.0,
             _ => round3(bound),
-        }
+        };
+        self.last_gauge = Some(value);
+        value
     }
 
     /// The counter in Wh, rounded to mWh.
@@ -447,6 +445,11 @@ impl PulseMeter {
                     )
                     .map_err(NodeError::new)?,
                 )
+            }
+            (Some(_), gpio::ChipRef::Device(_)) => {
+                // One flow file serves a PC demo and a Pi: `chip: ${GPIO_CHIP:-sim:meter}`.
+                tracing::info!(node = %cx.id, "`simulate` is ignored on a real chip");
+                None
             }
             _ => None,
         };
