@@ -23,6 +23,7 @@ pub struct NodeHarness {
     feed: Option<mpsc::Sender<Msg>>,
     outputs: HashMap<String, mpsc::UnboundedReceiver<Msg>>,
     engine: Option<Engine>,
+    gpio_sim: crate::nodes::gpio::SimChips,
 }
 
 /// Name of the node under test inside the harness flow (`test/node`).
@@ -158,6 +159,7 @@ impl NodeHarness {
                 state_key: format!("test/collect_{port_name}"),
             });
         }
+        let gpio_sim = crate::nodes::gpio::SimChips::default();
         let engine = Engine::start(
             GraphPlan {
                 flows: vec![FlowPlan {
@@ -171,12 +173,14 @@ impl NodeHarness {
                 drain_deadline: std::time::Duration::from_secs(5),
                 broker: None,
                 state,
+                gpio_sim: gpio_sim.clone(),
             },
         );
         Ok(NodeHarness {
             feed: has_inputs.then_some(feed_tx),
             outputs,
             engine: Some(engine),
+            gpio_sim,
         })
     }
 
@@ -224,6 +228,11 @@ impl NodeHarness {
         for _ in 0..64 {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// The simulated GPIO chips the node sees (`chip: sim:NAME`): drive its lines here.
+    pub fn gpio_sim(&self) -> crate::nodes::gpio::SimChips {
+        self.gpio_sim.clone()
     }
 
     /// Node statistics of the node under test.

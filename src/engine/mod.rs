@@ -95,6 +95,8 @@ pub struct EngineOptions {
     pub broker: Option<Broker>,
     /// Every node's persistent key/value state; in memory by default.
     pub state: StateStore,
+    /// The simulated GPIO chips (`chip: sim:NAME`) of this engine's nodes.
+    pub gpio_sim: crate::nodes::gpio::SimChips,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +107,7 @@ impl Default for EngineOptions {
             drain_deadline: Duration::from_secs(10),
             broker: None,
             state: StateStore::memory(),
+            gpio_sim: crate::nodes::gpio::SimChips::default(),
         }
     }
 }
@@ -205,6 +208,7 @@ impl Engine {
                     stats: stats.clone(),
                     broker: options.broker.clone(),
                     state: options.state.node(&node.state_key),
+                    gpio_sim: options.gpio_sim.clone(),
                 };
                 handles.push(NodeHandle {
                     id,

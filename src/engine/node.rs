@@ -393,6 +393,8 @@ pub struct NodeContext {
     /// This node's persistent key/value state (`state_key:`); survives restarts of the
     /// node and of the process.
     pub state: super::state::NodeKv,
+    /// The engine's simulated GPIO chips, for GPIO nodes with `chip: sim:NAME`.
+    pub gpio_sim: crate::nodes::gpio::SimChips,
 }
 
 impl NodeContext {

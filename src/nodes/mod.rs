@@ -1,6 +1,7 @@
 //! Node kinds: one file per `type:`, under `sources/`, `transforms/` and `sinks/`,
 //! each listed once in `registry.rs`; `mqtt.rs` holds what the MQTT kinds share.
 
+pub mod gpio;
 pub mod mqtt;
 pub mod registry;
 pub mod serial;

@@ -190,6 +190,8 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sources::timer::TimerConfig>::NEW,
     &Kind::<sources::mqtt_in::MqttInConfig>::NEW,
     &Kind::<sources::serial_in::SerialInConfig>::NEW,
+    &Kind::<sources::gpio_pulse::GpioPulseConfig>::NEW,
+    &Kind::<sources::gpio_in::GpioInConfig>::NEW,
     // transforms
     &Kind::<transforms::script::ScriptConfig>::NEW,
     &Kind::<transforms::filter::FilterConfig>::NEW,
@@ -209,6 +211,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::serial_out::SerialOutConfig>::NEW,
     &Kind::<sinks::http_out::HttpOutConfig>::NEW,
     &Kind::<sinks::influx_out::InfluxOutConfig>::NEW,
+    &Kind::<sinks::gpio_out::GpioOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

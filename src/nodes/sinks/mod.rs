@@ -4,6 +4,7 @@ pub mod file;
 pub mod http_out;
 pub mod http_retry;
 pub mod influx_out;
+pub mod gpio_out;
 pub mod log;
 pub mod mqtt_out;
 pub mod serial_out;
