@@ -108,6 +108,7 @@ impl NodeHarness {
                 ports: vec!["out".into()],
                 inputs: Vec::new(),
                 state_key: "test/feed".into(),
+                buffer: None,
             });
         }
         nodes.push(NodePlan {
@@ -126,6 +127,7 @@ impl NodeHarness {
                 Vec::new()
             },
             state_key: format!("test/{NODE}"),
+            buffer: None,
         });
         let mut outputs = HashMap::new();
         for port in ports {
@@ -156,6 +158,7 @@ impl NodeHarness {
                     overflow: Overflow::Block,
                 }],
                 state_key: format!("test/collect_{port_name}"),
+                buffer: None,
             });
         }
         let engine = Engine::start(

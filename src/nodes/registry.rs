@@ -204,6 +204,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::log::LogConfig>::NEW,
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
     &Kind::<sinks::file::FileOutConfig>::NEW,
+    &Kind::<sinks::sql_out::SqlOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.
