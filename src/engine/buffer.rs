@@ -652,4 +652,314 @@ mod tests {
         other[0] = 9;
         assert_eq!(decode(&other), None, "an unknown format is refused");
     }
+
+    use crate::engine::{
+        Engine, EngineOptions, FlowPlan, GraphPlan, InputPlan, NodeContext, NodeFuture, NodePlan,
+        Overflow, StateStore,
+    };
+    use crate::store::StoreOptions;
+    use std::sync::Mutex;
+
+    /// A graph `feed -> sink` with a buffer on the sink: the test feeds messages and
+    /// receives what the sink got, deciding each verdict itself.
+    struct Rig {
+        feed: Option<mpsc::Sender<Msg>>,
+        got: mpsc::UnboundedReceiver<Msg>,
+        engine: Engine,
+    }
+
+    fn start_rig(store: &Store, options: BufferOptions) -> Rig {
+        let (feed_tx, feed_rx) = mpsc::channel::<Msg>(4096);
+        let feed_rx = Arc::new(tokio::sync::Mutex::new(feed_rx));
+        let (got_tx, got) = mpsc::unbounded_channel::<Msg>();
+        let got_tx = Arc::new(Mutex::new(got_tx));
+        let nodes = vec![
+            NodePlan {
+                name: "feed".into(),
+                kind: "test.feed",
+                factory: Arc::new(move |cx: NodeContext| -> NodeFuture {
+                    let feed_rx = feed_rx.clone();
+                    Box::pin(async move {
+                        let mut rx = feed_rx.lock().await;
+                        while let Some(msg) = rx.recv().await {
+                            cx.emit(msg).await;
+                        }
+                        Ok(())
+                    })
+                }),
+                ports: vec!["out".into()],
+                inputs: Vec::new(),
+                state_key: "test/feed".into(),
+                buffer: None,
+            },
+            NodePlan {
+                name: "sink".into(),
+                kind: "test.sink",
+                factory: Arc::new(move |mut cx: NodeContext| -> NodeFuture {
+                    let got_tx = got_tx.clone();
+                    Box::pin(async move {
+                        while let Some(msg) = cx.recv().await {
+                            let tx = got_tx.lock().unwrap().clone();
+                            let _ = tx.send(msg);
+                        }
+                        Ok(())
+                    })
+                }),
+                ports: Vec::new(),
+                inputs: vec![InputPlan {
+                    node: "feed".into(),
+                    port: "out".into(),
+                    capacity: 64,
+                    overflow: Overflow::Block,
+                }],
+                state_key: "test/sink".into(),
+                buffer: Some(options),
+            },
+        ];
+        let engine = Engine::start(
+            GraphPlan {
+                flows: vec![FlowPlan {
+                    name: "test".into(),
+                    nodes,
+                }],
+            },
+            EngineOptions {
+                drain_deadline: Duration::from_millis(300),
+                state: StateStore::new(store.clone()),
+                ..EngineOptions::default()
+            },
+        );
+        Rig {
+            feed: Some(feed_tx),
+            got,
+            engine,
+        }
+    }
+
+    fn open(path: &std::path::Path) -> Store {
+        Store::open(StoreOptions {
+            path: Some(path.to_path_buf()),
+            ..StoreOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn tracked(n: usize, outcomes: &mpsc::UnboundedSender<(usize, Outcome)>) -> Msg {
+        let tx = outcomes.clone();
+        let mut msg = Msg::tracked(format!("t/{n}"), format!("{n}"), n as i64, move |o| {
+            let _ = tx.send((n, o));
+        });
+        msg.headers_mut().insert("n".into(), n.to_string());
+        msg
+    }
+
+    const ROOMY: BufferOptions = BufferOptions {
+        max_bytes: 1 << 20,
+        when_full: WhenFull::Block,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_once_buffered_and_fed_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = open(&path);
+        let mut rig = start_rig(&store, ROOMY);
+        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        let feed = rig.feed.as_ref().unwrap();
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            let msg = tracked(n, &tx);
+            ids.push(msg.id);
+            feed.send(msg).await.unwrap();
+        }
+        // Every source is acknowledged although the sink has finished nothing.
+        for _ in 0..10 {
+            assert_eq!(outcomes.recv().await.unwrap().1, Outcome::Done);
+        }
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            held.push(rig.got.recv().await.unwrap());
+        }
+        let stats = rig.engine.node("test", "sink").unwrap().stats.clone();
+        assert_eq!(stats.buffer.entries.load(Ordering::Relaxed), 10);
+        assert!(stats.buffer.bytes.load(Ordering::Relaxed) > 10 * 30);
+        assert!(stats.buffer.oldest_ms.load(Ordering::Relaxed) > 0);
+        // The sink never finished them: the deadline aborts, the entries stay stored.
+        rig.feed = None;
+        rig.engine.shutdown().await;
+        drop(held);
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = open(&path);
+        let mut rig = start_rig(&store, ROOMY);
+        let mut again = Vec::new();
+        for _ in 0..10 {
+            let msg = rig.got.recv().await.unwrap();
+            again.push((msg.id, msg.topic.to_string(), msg.headers["n"].clone()));
+            msg.done();
+        }
+        let expected: Vec<_> = (0..10)
+            .map(|n| (ids[n], format!("t/{n}"), n.to_string()))
+            .collect();
+        assert_eq!(again, expected, "fed again in order, ids and headers kept");
+        rig.feed = None;
+        assert_eq!(
+            rig.engine.shutdown().await,
+            crate::engine::ShutdownReport::Drained
+        );
+        store.close().await.unwrap();
+        drop((store, rig.got));
+        assert!(
+            open(&path).scan(SINK_BUFFER, b"").unwrap().is_empty(),
+            "finished entries are deleted"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_the_sink_failed_is_fed_again() {
+        let store = Store::open(StoreOptions::default()).unwrap();
+        let mut rig = start_rig(&store, ROOMY);
+        let (tx, _outcomes) = mpsc::unbounded_channel();
+        for n in 0..3 {
+            rig.feed
+                .as_ref()
+                .unwrap()
+                .send(tracked(n, &tx))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let msg = rig.got.recv().await.unwrap();
+            let n = msg.headers["n"].clone();
+            if n == "1" && !seen.contains(&n) {
+                msg.fail("the database refused it");
+            } else {
+                msg.done();
+            }
+            seen.push(n);
+        }
+        assert_eq!(seen, ["0", "1", "2", "1"]);
+        let stats = rig.engine.node("test", "sink").unwrap().stats.clone();
+        assert_eq!(stats.buffer.retried.load(Ordering::Relaxed), 1);
+        rig.feed = None;
+        rig.engine.shutdown().await;
+        assert_eq!(stats.buffer.entries.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_buffer_blocks_its_inputs() {
+        let store = Store::open(StoreOptions::default()).unwrap();
+        let entry = (b"test/sink\0".len() + 8) as u64
+            + encode(&Stored {
+                written_ms: 0,
+                timestamp_ms: 0,
+                id: 0,
+                topic: "t/0".into(),
+                headers: Arc::new(Headers::from([("n".to_string(), "0".to_string())])),
+                payload: Bytes::from_static(b"0"),
+            })
+            .len() as u64;
+        let mut rig = start_rig(
+            &store,
+            BufferOptions {
+                max_bytes: entry * 3,
+                when_full: WhenFull::Block,
+            },
+        );
+        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        for n in 0..8 {
+            rig.feed
+                .as_ref()
+                .unwrap()
+                .send(tracked(n, &tx))
+                .await
+                .unwrap();
+        }
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(rig.got.recv().await.unwrap());
+        }
+        for _ in 0..3 {
+            outcomes.recv().await.unwrap();
+        }
+        // Full: nothing more is taken, so nothing more is acknowledged, until the sink
+        // finishes something. (A bounded wait; a fourth acknowledgement fails the test.)
+        let more = tokio::time::timeout(Duration::from_millis(200), outcomes.recv()).await;
+        assert!(more.is_err(), "acknowledged beyond max_size: {more:?}");
+        let stats = rig.engine.node("test", "sink").unwrap().stats.clone();
+        assert_eq!(stats.buffer.bytes.load(Ordering::Relaxed), entry * 3);
+        for msg in held.drain(..) {
+            msg.done();
+        }
+        let mut order = Vec::new();
+        while order.len() < 5 {
+            let msg = rig.got.recv().await.unwrap();
+            order.push(msg.headers["n"].clone());
+            msg.done();
+        }
+        assert_eq!(order, ["3", "4", "5", "6", "7"]);
+        rig.feed = None;
+        rig.engine.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_oldest_evicts_waiting_entries_and_counts_them() {
+        let store = Store::open(StoreOptions::default()).unwrap();
+        // Room for WINDOW + 20 entries of the largest size; the sink holds everything.
+        let largest = (b"test/sink\0".len() + 8) as u64
+            + encode(&Stored {
+                written_ms: 0,
+                timestamp_ms: 0,
+                id: 0,
+                topic: "t/1223".into(),
+                headers: Arc::new(Headers::from([("n".to_string(), "1223".to_string())])),
+                payload: Bytes::from_static(b"1223"),
+            })
+            .len() as u64;
+        let max_bytes = largest * (WINDOW as u64 + 20);
+        let mut rig = start_rig(
+            &store,
+            BufferOptions {
+                max_bytes,
+                when_full: WhenFull::DropOldest,
+            },
+        );
+        let (tx, mut outcomes) = mpsc::unbounded_channel();
+        let total = WINDOW + 200;
+        let feeder = {
+            let feed = rig.feed.take().unwrap();
+            tokio::spawn(async move {
+                for n in 0..total {
+                    feed.send(tracked(n, &tx)).await.unwrap();
+                }
+            })
+        };
+        for _ in 0..total {
+            assert_eq!(outcomes.recv().await.unwrap().1, Outcome::Done);
+        }
+        feeder.await.unwrap();
+        let stats = rig.engine.node("test", "sink").unwrap().stats.clone();
+        let dropped = stats.buffer.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "nothing was dropped");
+        assert!(stats.buffer.bytes.load(Ordering::Relaxed) <= max_bytes);
+        let mut held = Vec::new();
+        while held.len() < WINDOW {
+            held.push(rig.got.recv().await.unwrap());
+        }
+        for msg in held {
+            msg.done();
+        }
+        let mut rest = 0;
+        while let Some(msg) = rig.got.recv().await {
+            rest += 1;
+            msg.done();
+            if WINDOW + rest + dropped as usize == total {
+                break;
+            }
+        }
+        assert_eq!(WINDOW + rest + dropped as usize, total);
+        rig.engine.shutdown().await;
+    }
 }
