@@ -22,6 +22,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The C plugin SDK and example (plugins/build.sh): clang for wasm32, and lld's wasm-ld.
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+# PostgreSQL for tests/sql.rs, which starts its own throwaway clusters (initdb, pg_ctl).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq

@@ -54,6 +54,7 @@ fn kind_node(name: &str, type_name: &str, options: &str, from: &str) -> NodePlan
         ports: config.ports(),
         inputs: input(from),
         state_key: format!("bench/{name}"),
+        buffer: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn pass_node(name: &str, from: &str) -> NodePlan {
         ports: vec!["out".into()],
         inputs: input(from),
         state_key: format!("bench/{name}"),
+        buffer: None,
     }
 }
 
@@ -116,6 +118,7 @@ async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>
         ports: vec!["out".into()],
         inputs: vec![],
         state_key: "bench/source".into(),
+        buffer: None,
     }];
     nodes.extend(middle);
     nodes.push(NodePlan {
@@ -125,6 +128,7 @@ async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>
         ports: vec![],
         inputs: input("last"),
         state_key: "bench/sink".into(),
+        buffer: None,
     });
     let engine = Engine::start(
         GraphPlan {

@@ -109,6 +109,7 @@ impl NodeHarness {
                 ports: vec!["out".into()],
                 inputs: Vec::new(),
                 state_key: "test/feed".into(),
+                buffer: None,
             });
         }
         nodes.push(NodePlan {
@@ -127,6 +128,7 @@ impl NodeHarness {
                 Vec::new()
             },
             state_key: format!("test/{NODE}"),
+            buffer: None,
         });
         let mut outputs = HashMap::new();
         for port in ports {
@@ -157,6 +159,7 @@ impl NodeHarness {
                     overflow: Overflow::Block,
                 }],
                 state_key: format!("test/collect_{port_name}"),
+                buffer: None,
             });
         }
         let gpio_sim = crate::nodes::gpio::SimChips::default();

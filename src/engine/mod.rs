@@ -1,6 +1,7 @@
 //! The running graph: messages, bounded edges, acknowledgements, supervised node tasks
 //! and shutdown. It knows nothing of YAML: it runs a [`GraphPlan`] built by `flow/`.
 
+pub mod buffer;
 pub mod clock;
 pub mod edge;
 pub mod fields;
@@ -25,6 +26,7 @@ use crate::broker::Broker;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use buffer::{BufferOptions, WhenFull};
 pub use clock::Clock;
 pub use edge::{Edge, Inbox, Overflow};
 pub use msg::{Msg, Outcome};
@@ -64,6 +66,8 @@ pub struct NodePlan {
     pub inputs: Vec<InputPlan>,
     /// The key of its persistent state (`state_key:`, default `flow/node`).
     pub state_key: String,
+    /// A disk buffer between its inputs and the node (`buffer:`), keyed by `state_key`.
+    pub buffer: Option<BufferOptions>,
 }
 
 /// A flow ready to run.
@@ -198,9 +202,32 @@ impl Engine {
                     })
                     .collect();
                 let inputs = inboxes.remove(node.name.as_str()).unwrap_or_default();
+                let mut inbox = Inbox::new(inputs.clone(), signals[node.name.as_str()].clone());
+                if let Some(buffer_options) = node.buffer {
+                    // The buffer task reads the real inputs; the node reads the buffer.
+                    let signal = Arc::new(Notify::new());
+                    let feed = Edge::new(
+                        format!("{}/{} buffer -> {}", flow.name, node.name, node.name),
+                        buffer::WINDOW,
+                        Overflow::Block,
+                        signal.clone(),
+                    );
+                    tracker.spawn(buffer::run(buffer::BufferTask {
+                        id: id.clone(),
+                        inputs: inbox,
+                        feed: feed.clone(),
+                        store: options.state.store().clone(),
+                        state_key: node.state_key.clone(),
+                        options: buffer_options,
+                        stats: stats.clone(),
+                        clock: options.clock.clone(),
+                        abort: abort.clone(),
+                    }));
+                    inbox = Inbox::new(vec![feed], signal);
+                }
                 let cx = NodeContext {
                     id: id.clone(),
-                    inbox: Inbox::new(inputs.clone(), signals[node.name.as_str()].clone()),
+                    inbox,
                     outputs: Outputs::new(id.clone(), ports, stats.clone()),
                     clock: options.clock.clone(),
                     shutdown: stop_sources.child_token(),

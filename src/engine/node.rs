@@ -98,6 +98,8 @@ pub struct NodeStats {
     pub failed: AtomicU64,
     /// Times the node was restarted after a crash.
     pub restarts: AtomicU64,
+    /// The disk buffer in front of the node (`buffer:`), all zero without one.
+    pub buffer: super::buffer::BufferStats,
     state: AtomicU8,
     last_error: Mutex<Option<String>>,
 }

@@ -95,6 +95,7 @@ fn node(
         ports: ports.iter().map(|p| p.to_string()).collect(),
         inputs,
         state_key: format!("test/{name}"),
+        buffer: None,
     }
 }
 

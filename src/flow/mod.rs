@@ -26,7 +26,14 @@ use tree::{Node, PathSegment, Pos, Value};
 pub const FORMAT_VERSION: i64 = 1;
 
 /// Keys every node may have, whatever its type; the rest are the type's options.
-pub const COMMON_NODE_KEYS: &[&str] = &["type", "inputs", "queue", "state_key", "description"];
+pub const COMMON_NODE_KEYS: &[&str] = &[
+    "type",
+    "inputs",
+    "queue",
+    "state_key",
+    "buffer",
+    "description",
+];
 
 /// Whether a flow's sources may lose messages on lossy edges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -89,6 +96,8 @@ pub struct NodeDef {
     pub inputs: Vec<InputDef>,
     /// `state_key:` if given.
     pub state_key: Option<String>,
+    /// `buffer:` (sinks only) and where it stands.
+    pub buffer: Option<(BufferSettings, Pos)>,
     /// The node's mapping, for locating build errors.
     tree: Node,
 }
@@ -569,6 +578,8 @@ impl Loader {
             None => None,
         };
 
+        let buffer = self.buffer(file, name, kind, node.entry("buffer"));
+
         let options = Node {
             pos: node.pos,
             value: Value::Map(
@@ -599,6 +610,7 @@ impl Loader {
                 ports,
                 inputs: Vec::new(),
                 state_key,
+                buffer,
                 tree: options,
             },
             raw_inputs,
@@ -645,6 +657,43 @@ impl Loader {
             pos = inner_pos(file, pos, line, col);
         }
         (pos, message)
+    }
+
+    /// `buffer:` of a node: parsed, and refused on anything but a sink.
+    fn buffer(
+        &mut self,
+        file: &Arc<SourceFile>,
+        name: &str,
+        kind: &dyn NodeKind,
+        entry: Option<(&tree::Key, &Node)>,
+    ) -> Option<(BufferSettings, Pos)> {
+        let (key, at) = entry?;
+        if kind.role() != Role::Sink {
+            self.error(
+                file,
+                key.pos,
+                format!(
+                    "`buffer` is for sinks; node `{name}` ({}) is not one: put the buffer on the sink it feeds",
+                    kind.type_name()
+                ),
+            );
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, BufferSettings>(at.to_json()) {
+            Ok(settings) if settings.max_size.0 == 0 => {
+                let pos = at.get("max_size").map_or(at.pos, |n| n.pos);
+                self.error(file, pos, "`max_size` must be above 0, e.g. `64MiB`");
+                None
+            }
+            Ok(settings) => Some((settings, key.pos)),
+            Err(e) => {
+                let path = tree::parse_error_path(e.path());
+                let message = serde_message(&e.into_inner().to_string());
+                let pos = unknown_field_pos(at, &path, &message);
+                self.error(file, pos, format!("`buffer`: {message}"));
+                None
+            }
+        }
     }
 
     fn queue(&mut self, file: &Arc<SourceFile>, queue: Option<&Node>) -> QueueSettings {
@@ -940,6 +989,17 @@ impl Loader {
             found
         }
         for node in nodes {
+            if let Some((buffer, pos)) = &node.buffer
+                && buffer.when_full == engine::WhenFull::DropOldest
+                && let Some(source) = node.inputs.iter().find_map(|input| {
+                    acking_source(index[input.node.as_str()], nodes, &index, &mut memo)
+                })
+            {
+                let message = format!(
+                    "`when_full: drop_oldest` may drop buffered messages that source `{source}` acknowledges; set `delivery: at_most_once` on flow `{flow}` or use `when_full: block`"
+                );
+                self.error(file, *pos, message);
+            }
             for input in &node.inputs {
                 if !input.overflow.is_lossy() {
                     continue;
@@ -976,6 +1036,35 @@ struct RawInput {
     reference: String,
     pos: Pos,
     queue: QueueSettings,
+}
+
+/// `buffer:` on a sink: a disk buffer between its inputs and the sink (see
+/// docs/buffering.md).
+#[derive(Clone, Copy, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSettings {
+    /// Most bytes the buffer holds on disk (default `64MiB`).
+    #[serde(default = "default_buffer_size")]
+    pub max_size: values::ByteSize,
+    /// When full: `block` (default: backpressure to the inputs) or `drop_oldest`
+    /// (delete the oldest waiting entries; needs `delivery: at_most_once` after an
+    /// acknowledging source).
+    #[serde(default)]
+    pub when_full: engine::WhenFull,
+}
+
+fn default_buffer_size() -> values::ByteSize {
+    values::ByteSize(64 << 20)
+}
+
+impl BufferSettings {
+    /// What the engine takes.
+    pub fn options(&self) -> engine::BufferOptions {
+        engine::BufferOptions {
+            max_bytes: self.max_size.0,
+            when_full: self.when_full,
+        }
+    }
 }
 
 /// `queue:` on a node: the default for its input edges.
@@ -1182,6 +1271,7 @@ impl FlowSet {
                 match node.config.build(&cx) {
                     Ok(factory) => nodes.push(NodePlan {
                         state_key,
+                        buffer: node.buffer.as_ref().map(|(b, _)| b.options()),
                         name: node.name.clone(),
                         kind: node.kind.type_name(),
                         factory,

@@ -4,7 +4,7 @@
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use super::{Delivery, InputSpec, QueueSettings};
+use super::{BufferSettings, Delivery, InputSpec, QueueSettings};
 use crate::nodes::registry::{KINDS, Role};
 
 /// The schema `headwater schema` prints.
@@ -13,6 +13,7 @@ pub fn flow_file_schema() -> Value {
     let queue = QueueSettings::json_schema(&mut generator).to_value();
     let input_spec = InputSpec::json_schema(&mut generator).to_value();
     let delivery = Delivery::json_schema(&mut generator).to_value();
+    let buffer = BufferSettings::json_schema(&mut generator).to_value();
 
     let mut node_variants = Vec::new();
     for kind in KINDS {
@@ -43,6 +44,9 @@ pub fn flow_file_schema() -> Value {
             properties.insert("queue".into(), json!({ "$ref": "#/$defs/QueueSettings" }));
             required.push(json!("inputs"));
         }
+        if kind.role() == Role::Sink {
+            properties.insert("buffer".into(), json!({ "$ref": "#/$defs/BufferSettings" }));
+        }
         let mut variant = Map::new();
         variant.insert("type".into(), json!("object"));
         variant.insert("title".into(), json!(kind.type_name()));
@@ -68,6 +72,7 @@ pub fn flow_file_schema() -> Value {
     defs.insert("QueueSettings".into(), queue);
     defs.insert("InputSpec".into(), input_spec);
     defs.insert("Delivery".into(), delivery);
+    defs.insert("BufferSettings".into(), buffer);
     defs.insert(
         "Inputs".into(),
         json!({

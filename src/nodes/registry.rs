@@ -212,6 +212,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::http_out::HttpOutConfig>::NEW,
     &Kind::<sinks::influx_out::InfluxOutConfig>::NEW,
     &Kind::<sinks::gpio_out::GpioOutConfig>::NEW,
+    &Kind::<sinks::sql_out::SqlOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

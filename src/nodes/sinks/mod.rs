@@ -8,3 +8,4 @@ pub mod gpio_out;
 pub mod log;
 pub mod mqtt_out;
 pub mod serial_out;
+pub mod sql_out;
