@@ -55,6 +55,9 @@ pub enum Command {
         /// Do not start the built-in MQTT broker
         #[arg(long)]
         no_broker: bool,
+        /// Admin API options
+        #[command(flatten)]
+        api: run::ApiArgs,
     },
     /// Run the built-in MQTT broker alone (MQTT 3.1, 3.1.1 and 5.0) until SIGINT or SIGTERM
     Broker {
@@ -110,7 +113,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
             broker,
             no_broker,
-        } => run::run(&files, cli.data_dir, (!no_broker).then_some(&broker)),
+            api,
+        } => run::run(&files, cli.data_dir, (!no_broker).then_some(&broker), &api),
         Command::Broker { args } => broker::broker(&args, cli.data_dir),
         Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
         Command::Graph { files, format } => graph::graph(&files, format),
