@@ -7,6 +7,7 @@ mod check;
 mod graph;
 mod passwd;
 mod run;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = graph::GraphFormat::Dot)]
         format: graph::GraphFormat,
     },
+    /// Print the live messages leaving a node, or published on the broker, from a
+    /// running process's admin API
+    Tap(tap::TapArgs),
     /// Print the JSON Schema of the flow file format (for editor autocompletion)
     Schema,
     /// Manage a Mosquitto password file: add or change a user, delete one (-D), or hash
@@ -120,6 +124,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph { files, format } => graph::graph(&files, format),
         Command::Bench { target } => bench::bench(target),
         Command::Passwd(args) => passwd::passwd(&args),
+        Command::Tap(args) => tap::tap(&args),
         Command::Schema => {
             let schema = crate::flow::schema::flow_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
