@@ -48,9 +48,7 @@ flows:
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the api");
-    stream
-        .set_read_timeout(Some(common::PATIENCE))
-        .unwrap();
+    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
@@ -68,7 +66,9 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
         .and_then(|s| s.parse().ok())
         .expect("a status line");
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "this client reads fixed-length bodies only"
     );
     (status, body.to_string())
@@ -93,7 +93,13 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
     let dir = tempfile::tempdir().unwrap();
     let (flow, settings) = files(dir.path());
     let data = dir.path().join("data");
-    let gateway = Gateway::start(&["--data-dir", data.to_str().unwrap(), "run", &settings, &flow]);
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        &settings,
+        &flow,
+    ]);
     let port = api_port(&gateway);
 
     // Probes answer without a token; everything else needs it, and a refusal is logged.
@@ -106,7 +112,12 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
 
     let flows = json(port, "/api/flows");
     assert_eq!(flows["flows"][0]["name"], "demo");
-    assert!(flows["flows"][0]["file"].as_str().unwrap().ends_with("flow.yaml"));
+    assert!(
+        flows["flows"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("flow.yaml")
+    );
     assert_eq!(flows["flows"][0]["state"], "running");
 
     // The stream flows on its own: its counters move.
@@ -158,9 +169,18 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
     wait_line(&tap_err, "tap: watching demo/probe", "headwater tap");
     for i in 0..3 {
         let body = format!(r#"{{"topic": "probe/{i}", "payload": {{"i": {i}}}}}"#);
-        let (status, answer) = http(port, "POST", "/api/flows/demo/nodes/probe/inject", Some(TOKEN), &body);
+        let (status, answer) = http(
+            port,
+            "POST",
+            "/api/flows/demo/nodes/probe/inject",
+            Some(TOKEN),
+            &body,
+        );
         assert_eq!(status, 202, "{answer}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["into"], "input");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&answer).unwrap()["into"],
+            "input"
+        );
     }
     for i in 0..3 {
         let line = wait_line(&tap_out, "", "headwater tap's output");
@@ -169,7 +189,10 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
         assert_eq!(message["payload"], serde_json::json!({ "i": i }));
         assert_eq!(message["port"], "out");
     }
-    assert!(tap.wait().unwrap().success(), "tap exits after --count messages");
+    assert!(
+        tap.wait().unwrap().success(),
+        "tap exits after --count messages"
+    );
 
     let (status, metrics) = http(port, "GET", "/metrics", Some(TOKEN), "");
     assert_eq!(status, 200);
@@ -188,7 +211,13 @@ fn a_wrong_token_is_refused_and_tap_reports_the_api_error() {
     let dir = tempfile::tempdir().unwrap();
     let (flow, settings) = files(dir.path());
     let data = dir.path().join("data");
-    let gateway = Gateway::start(&["--data-dir", data.to_str().unwrap(), "run", &settings, &flow]);
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        &settings,
+        &flow,
+    ]);
     let port = api_port(&gateway);
     let (status, body) = http(port, "GET", "/metrics", Some("guess"), "");
     assert_eq!(status, 401);
@@ -197,12 +226,25 @@ fn a_wrong_token_is_refused_and_tap_reports_the_api_error() {
     let wrong = dir.path().join("wrong-token");
     std::fs::write(&wrong, "nope\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args(["tap", "--flow", "demo", "--node", "probe", "--url", &format!("http://127.0.0.1:{port}"), "--token-file", wrong.to_str().unwrap()])
+        .args([
+            "tap",
+            "--flow",
+            "demo",
+            "--node",
+            "probe",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("refused the tap (401 Unauthorized): wrong bearer token"), "{stderr}");
+    assert!(
+        stderr.contains("refused the tap (401 Unauthorized): wrong bearer token"),
+        "{stderr}"
+    );
 }
 
 #[test]
