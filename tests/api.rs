@@ -263,3 +263,56 @@ fn check_refuses_an_api_beyond_loopback_without_a_token() {
         "{stderr}"
     );
 }
+
+#[test]
+fn json_log_lines_of_a_node_carry_its_flow_and_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("flow.yaml");
+    // A script that fails every message: its warning is logged from inside the node
+    // (on the blocking pool), and the sink logs each tick at info.
+    std::fs::write(
+        &flow,
+        r#"version: 1
+flows:
+  logs:
+    nodes:
+      tick: { type: timer, interval: 20ms, topic: t }
+      show: { type: log, inputs: tick }
+      bad: { type: script, inputs: tick, rhai: "throw \"no\"" }
+"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let gateway = Gateway::start(&[
+        "--log-format",
+        "json",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        "--no-broker",
+        "--no-api",
+        flow.to_str().unwrap(),
+    ]);
+    for needle in ["\"node\":\"logs/show\"", "\"node\":\"logs/bad\""] {
+        let line = gateway.wait_for(needle);
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        assert_eq!(event["flow"], "logs", "{line}");
+        assert!(
+            event["timestamp"].is_string()
+                && event["level"].is_string()
+                && event["message"].is_string(),
+            "{line}"
+        );
+    }
+    // Text lines keep their shape: no span prefix.
+    let text = Gateway::start(&[
+        "--data-dir",
+        dir.path().join("data2").to_str().unwrap(),
+        "run",
+        "--no-broker",
+        "--no-api",
+        flow.to_str().unwrap(),
+    ]);
+    let line = text.wait_for("logs/show");
+    assert!(!line.contains("node{"), "{line}");
+}

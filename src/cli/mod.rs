@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod check;
 mod graph;
+mod logging;
 mod passwd;
 mod run;
 mod tap;
@@ -134,16 +135,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests calling main twice) is harmless: keep the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    logging::init(format);
 }
 
 /// The data directory: the flag, else the flow files' `data_dir`, else systemd's

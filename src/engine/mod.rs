@@ -267,7 +267,10 @@ impl Engine {
                 }
             }
             for (factory, cx) in contexts {
-                tracker.spawn(supervisor::supervise(factory, cx, abort.clone()));
+                // Every line a node logs carries its flow and node (`--log-format json`).
+                let span = tracing::info_span!("node", flow = %cx.id.flow, node = %cx.id);
+                let supervised = supervisor::supervise(factory, cx, abort.clone());
+                tracker.spawn(tracing::Instrument::instrument(supervised, span));
             }
         }
         tracker.close();

@@ -493,7 +493,9 @@ pub async fn run_transform_blocking<T: Transform>(
             .await
             .map_err(|_| NodeError::new("the blocking pool is closed"))?;
         let stats = cx.stats.clone();
+        let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             // Timed on the blocking thread: the wait for a slot is not processing.
             let started = std::time::Instant::now();
             let result = process_batch(&mut transform, &mut batch, &mut emit);
