@@ -316,3 +316,65 @@ flows:
     let line = text.wait_for("logs/show");
     assert!(!line.contains("node{"), "{line}");
 }
+
+#[test]
+fn the_status_page_draws_the_graph_and_updates_rates_in_chromium() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let browser = root.join("tests/browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "run ./test.sh (it runs `npm ci` in tests/browser)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (flow, settings) = files(dir.path());
+    let data = dir.path().join("data");
+    let gateway = Gateway::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "run",
+        &settings,
+        &flow,
+    ]);
+    let port = api_port(&gateway);
+    // The artifact: target/tmp/status-page.png.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut child = Command::new("node")
+        .arg(browser.join("status_page.mjs"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&screenshot)
+        .arg(TOKEN)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node (test.sh installs chromium and the npm packages)");
+    let lines = line_reader(child.stdout.take().unwrap());
+    let line = wait_line(&lines, "{", "the status page driver");
+    assert!(child.wait().unwrap().success(), "{line}");
+    let summary: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(summary["consoleErrors"], serde_json::json!([]), "{line}");
+    assert_eq!(summary["foreignRequests"], serde_json::json!([]), "{line}");
+    assert_eq!(summary["nodes"], 6, "{line}");
+    assert_eq!(summary["wires"], 4, "{line}");
+    assert_eq!(summary["tokenStored"], true);
+    assert_eq!(
+        summary["tokenFormShown"], false,
+        "the token form goes away once the token works"
+    );
+    let rates = summary["rates"].as_array().unwrap();
+    let tick = rates.iter().find(|r| r["node"] == "demo/tick").unwrap();
+    assert!(tick["rate"].as_f64().unwrap() > 0.0, "{line}");
+    assert!(tick["text"].as_str().unwrap().contains("msg/s"), "{line}");
+    assert!(
+        tick["state"].as_str().unwrap().contains("state-running"),
+        "{line}"
+    );
+    assert!(
+        summary["broker"]
+            .as_str()
+            .unwrap()
+            .contains("clients connected"),
+        "{line}"
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG file");
+}
