@@ -58,14 +58,24 @@ pub enum Format {
     Base64,
 }
 
-impl Format {
-    fn query(self) -> &'static str {
-        match self {
-            Format::Auto => "auto",
-            Format::Json => "json",
-            Format::Text => "text",
-            Format::Base64 => "base64",
+impl From<Format> for PayloadFormat {
+    fn from(format: Format) -> PayloadFormat {
+        match format {
+            Format::Auto => PayloadFormat::Auto,
+            Format::Json => PayloadFormat::Json,
+            Format::Text => PayloadFormat::Text,
+            Format::Base64 => PayloadFormat::Base64,
         }
+    }
+}
+
+impl Format {
+    /// The `format=` value, as the API names it (its serde name, so the two agree).
+    fn query(self) -> String {
+        serde_json::to_value(PayloadFormat::from(self))
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "auto".into())
     }
 }
 
@@ -257,14 +267,6 @@ fn line(what: &str, message: &TapMessage) -> String {
     };
     format!("{time} {what}{port} {} {payload}", message.topic)
 }
-
-// Keeps the two format enums in step (the CLI's is clap's, the API's serde's).
-const _: fn(Format) -> PayloadFormat = |f| match f {
-    Format::Auto => PayloadFormat::Auto,
-    Format::Json => PayloadFormat::Json,
-    Format::Text => PayloadFormat::Text,
-    Format::Base64 => PayloadFormat::Base64,
-};
 
 #[cfg(test)]
 mod tests {
