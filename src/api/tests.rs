@@ -801,3 +801,26 @@ async fn tap_queries_are_checked() {
         assert_error(&body, expected);
     }
 }
+
+#[tokio::test]
+async fn injecting_into_a_stopped_flow_is_a_conflict() {
+    let Fixture { engine, state } = Fixture::start(None).await;
+    engine.shutdown().await;
+    for node in ["tick", "pass"] {
+        let request = Request::post(format!("/api/flows/demo/nodes/{node}/inject"))
+            .body(Body::from(r#"{"topic": "late"}"#))
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{node}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_error(&body, &format!("node demo/{node} no longer takes input"));
+    }
+    let flows: serde_json::Value = {
+        let response = router(state.clone())
+            .oneshot(get("/api/flows"))
+            .await
+            .unwrap();
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    };
+    assert_eq!(flows["flows"][0]["state"], "stopped");
+}

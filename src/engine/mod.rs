@@ -158,6 +158,12 @@ impl NodeHandle {
                 }
             },
             None => {
+                // A finished source has closed its outputs: say so rather than accept a
+                // message that would fail at once.
+                if matches!(self.stats.state(), NodeState::Stopped | NodeState::Failed) {
+                    msg.done();
+                    return Err(InjectError::Closed(self.id.to_string()));
+                }
                 self.outputs.emit(PortId::OUT, msg).await;
                 Ok(Injected::Output)
             }
