@@ -548,6 +548,94 @@ impl Broker {
         let state = self.state();
         (state.sessions.len(), state.tree.len(), state.retained.len())
     }
+
+    /// Every counter and gauge the admin API and `/metrics` show, read at once. Walks
+    /// the sessions under the state lock (one pass, no allocation per session).
+    pub fn snapshot(&self) -> BrokerSnapshot {
+        let stats = &self.shared.stats;
+        let mut snapshot = BrokerSnapshot {
+            connected: stats.connected.load(Ordering::Relaxed),
+            connects_total: stats.connects_total.load(Ordering::Relaxed),
+            messages_received: stats.messages_received.load(Ordering::Relaxed),
+            messages_sent: stats.messages_sent.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+            uptime_seconds: self.shared.started.elapsed().as_secs(),
+            ..BrokerSnapshot::default()
+        };
+        let state = self.state();
+        snapshot.sessions = state.sessions.len();
+        snapshot.subscriptions = state.tree.len();
+        snapshot.retained = state.retained.len();
+        for session in state.sessions.values() {
+            snapshot.queued += session.queue.len();
+            snapshot.inflight += session.inflight.len();
+            snapshot.dropped += session.dropped;
+        }
+        snapshot.bridges = self
+            .shared
+            .config
+            .bridges
+            .iter()
+            .map(|bridge| {
+                let topic = bridge::state_topic(bridge);
+                let connected = state
+                    .retained
+                    .get(topic.as_str())
+                    .is_some_and(|m| m.publish.payload.as_ref() == b"1");
+                BridgeSnapshot {
+                    name: bridge.connection.clone(),
+                    addresses: bridge.addresses.clone(),
+                    connected,
+                }
+            })
+            .collect();
+        snapshot
+    }
+}
+
+/// The broker's figures at one moment ([`Broker::snapshot`]).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BrokerSnapshot {
+    /// Network and in-process connections open now.
+    pub connected: usize,
+    /// Connections accepted since start.
+    pub connects_total: u64,
+    /// PUBLISH packets received since start.
+    pub messages_received: u64,
+    /// PUBLISH packets sent since start.
+    pub messages_sent: u64,
+    /// Bytes received since start.
+    pub bytes_received: u64,
+    /// Bytes sent since start.
+    pub bytes_sent: u64,
+    /// Seconds since the broker started.
+    pub uptime_seconds: u64,
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Subscriptions in the tree.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Messages queued for sessions (not yet sent).
+    pub queued: usize,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages dropped because a session's queue was full, summed over sessions.
+    pub dropped: u64,
+    /// Configured bridges.
+    pub bridges: Vec<BridgeSnapshot>,
+}
+
+/// One bridge as [`Broker::snapshot`] sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BridgeSnapshot {
+    /// The bridge's `connection` name.
+    pub name: String,
+    /// The remote addresses it tries.
+    pub addresses: Vec<String>,
+    /// Whether it is connected now (its `$SYS/broker/connection/.../state` is `1`).
+    pub connected: bool,
 }
 
 /// Restores the broker's state from the store.

@@ -5,10 +5,12 @@ mod bench;
 mod broker;
 mod check;
 mod graph;
+mod logging;
 mod passwd;
 mod plugin;
 mod plugin_project;
 mod run;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +59,9 @@ pub enum Command {
         /// Do not start the built-in MQTT broker
         #[arg(long)]
         no_broker: bool,
+        /// Admin API options
+        #[command(flatten)]
+        api: run::ApiArgs,
     },
     /// Run the built-in MQTT broker alone (MQTT 3.1, 3.1.1 and 5.0) until SIGINT or SIGTERM
     Broker {
@@ -79,6 +84,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = graph::GraphFormat::Dot)]
         format: graph::GraphFormat,
     },
+    /// Print the live messages leaving a node, or published on the broker, from a
+    /// running process's admin API
+    Tap(tap::TapArgs),
     /// Print the JSON Schema of the flow file format (for editor autocompletion)
     Schema,
     /// Manage a Mosquitto password file: add or change a user, delete one (-D), or hash
@@ -118,13 +126,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
             broker,
             no_broker,
-        } => run::run(&files, cli.data_dir, (!no_broker).then_some(&broker)),
+            api,
+        } => run::run(&files, cli.data_dir, (!no_broker).then_some(&broker), &api),
         Command::Broker { args } => broker::broker(&args, cli.data_dir),
         Command::Check { files } => Ok(check::check(&files, cli.data_dir)),
         Command::Graph { files, format } => graph::graph(&files, format),
         Command::Bench { target } => bench::bench(target),
         Command::Passwd(args) => passwd::passwd(&args),
         Command::Plugin { command } => plugin::plugin(command),
+        Command::Tap(args) => tap::tap(&args),
         Command::Schema => {
             let schema = crate::flow::schema::flow_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -134,16 +144,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests calling main twice) is harmless: keep the first.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    logging::init(format);
 }
 
 /// The data directory: the flag, else the flow files' `data_dir`, else systemd's

@@ -15,6 +15,7 @@ pub fn run(
     files: &[PathBuf],
     data_dir_flag: Option<PathBuf>,
     broker_args: Option<&super::broker::BrokerArgs>,
+    api_args: &ApiArgs,
 ) -> anyhow::Result<ExitCode> {
     let set = match flow::load(files, &ProcessEnv) {
         Ok(set) => set,
@@ -33,6 +34,7 @@ pub fn run(
         }
         None => None,
     };
+    let (api_config, api_explicit) = api_args.apply(set.settings.api.clone())?;
     let clock = Clock::system();
     let plan = match set.plan(&data_dir, &clock) {
         Ok(plan) => plan,
@@ -54,13 +56,26 @@ pub fn run(
         let engine = Engine::start(
             plan,
             EngineOptions {
-                clock,
+                clock: clock.clone(),
                 data_dir,
                 broker: broker.clone(),
                 state: StateStore::new(store.clone()),
                 ..EngineOptions::default()
             },
         );
+        let graph = crate::api::Graph {
+            flows: crate::api::FlowInfo::from_set(&set),
+            nodes: engine.nodes().to_vec(),
+        };
+        let api = crate::api::start(
+            &api_config,
+            api_explicit,
+            graph,
+            broker.clone(),
+            Some(store.clone()),
+            clock,
+        )
+        .await?;
         // With the broker running the process serves clients even when no flow node is
         // left (a settings file with `flows: {}`), until a signal.
         let flows_done = async {
@@ -74,9 +89,15 @@ pub fn run(
             () = flows_done => "every node finished",
         };
         tracing::info!("shutting down: {reason}");
+        if let Some(api) = &api {
+            api.not_ready("shutting down");
+        }
         let report = engine.shutdown().await;
         if let Some(broker) = broker {
             broker.shutdown().await;
+        }
+        if let Some(api) = api {
+            api.stop().await;
         }
         if let Err(e) = store.close().await {
             tracing::error!("closing the store: {e}");
@@ -86,6 +107,37 @@ pub fn run(
             ShutdownReport::Aborted => Ok(ExitCode::FAILURE),
         }
     })
+}
+
+/// Admin API options of `run` (override the settings file's `api:` section).
+#[derive(Debug, Default, clap::Args)]
+pub struct ApiArgs {
+    /// Serve the admin API, /metrics and the status page on this address:port
+    /// [default: api.listen, else 127.0.0.1:9080]
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+    /// Do not start the admin API
+    #[arg(long, conflicts_with = "api_listen")]
+    pub no_api: bool,
+}
+
+impl ApiArgs {
+    /// The settings to use, and whether they were asked for (a section or a flag) rather
+    /// than defaults.
+    fn apply(
+        &self,
+        settings: Option<crate::api::ApiConfig>,
+    ) -> anyhow::Result<(crate::api::ApiConfig, bool)> {
+        let explicit = settings.is_some() || self.api_listen.is_some();
+        let mut config = settings.unwrap_or_default();
+        if let Some(listen) = &self.api_listen {
+            config.listen = listen.clone();
+        }
+        if self.no_api {
+            config.enabled = false;
+        }
+        Ok((config, explicit))
+    }
 }
 
 /// SIGINT and SIGTERM, listened for from the moment this is made: made before anything

@@ -11,6 +11,7 @@ pub mod node;
 mod scan;
 pub mod state;
 mod supervisor;
+pub mod tap;
 pub mod template;
 #[cfg(test)]
 mod tests;
@@ -127,6 +128,54 @@ pub struct NodeHandle {
     pub stats: Arc<NodeStats>,
     /// Its input edges.
     pub inputs: Vec<Arc<Edge>>,
+    /// Its output ports: the live tap attaches here, and a source's injected messages
+    /// leave from here.
+    pub outputs: Outputs,
+}
+
+/// Where an injected message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// Into the node's first input edge, as if its producer had sent it.
+    Input,
+    /// Out of the source's first port, as if the source had made it.
+    Output,
+}
+
+/// Why a message could not be injected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The node's input is closed: its producer stopped, or the node did.
+    #[error("node {0} no longer takes input (it or its producer stopped)")]
+    Closed(String),
+}
+
+impl NodeHandle {
+    /// Injects `msg` into the node: a node with inputs gets it on its first input edge
+    /// (counted there like any message, subject to its overflow policy); a source sends
+    /// it from its first output port, so it travels the flow as the source's own
+    /// messages do. Waits while an edge applies backpressure: callers bound the wait.
+    pub async fn inject(&self, msg: Msg) -> Result<Injected, InjectError> {
+        match self.inputs.first() {
+            Some(edge) => match edge.send(msg).await {
+                Ok(()) => Ok(Injected::Input),
+                Err(closed) => {
+                    closed.0.done();
+                    Err(InjectError::Closed(self.id.to_string()))
+                }
+            },
+            None => {
+                // A finished source has closed its outputs: say so rather than accept a
+                // message that would fail at once.
+                if matches!(self.stats.state(), NodeState::Stopped | NodeState::Failed) {
+                    msg.done();
+                    return Err(InjectError::Closed(self.id.to_string()));
+                }
+                self.outputs.emit(PortId::OUT, msg).await;
+                Ok(Injected::Output)
+            }
+        }
+    }
 }
 
 /// The running graph.
@@ -225,10 +274,11 @@ impl Engine {
                     }));
                     inbox = Inbox::new(vec![feed], signal);
                 }
+                let outputs = Outputs::new(id.clone(), ports, stats.clone());
                 let cx = NodeContext {
                     id: id.clone(),
                     inbox,
-                    outputs: Outputs::new(id.clone(), ports, stats.clone()),
+                    outputs: outputs.clone(),
                     clock: options.clock.clone(),
                     shutdown: stop_sources.child_token(),
                     data_dir: options.data_dir.clone(),
@@ -242,6 +292,7 @@ impl Engine {
                     kind: node.kind,
                     stats,
                     inputs,
+                    outputs,
                 });
                 contexts.push((node.factory.clone(), cx));
             }
@@ -253,7 +304,10 @@ impl Engine {
                 }
             }
             for (factory, cx) in contexts {
-                tracker.spawn(supervisor::supervise(factory, cx, abort.clone()));
+                // Every line a node logs carries its flow and node (`--log-format json`).
+                let span = tracing::info_span!("node", flow = %cx.id.flow, node = %cx.id);
+                let supervised = supervisor::supervise(factory, cx, abort.clone());
+                tracker.spawn(tracing::Instrument::instrument(supervised, span));
             }
         }
         tracker.close();

@@ -100,6 +100,9 @@ pub struct NodeStats {
     pub restarts: AtomicU64,
     /// The disk buffer in front of the node (`buffer:`), all zero without one.
     pub buffer: super::buffer::BufferStats,
+    /// Processing time per message of transforms driven by [`run_transform`] and
+    /// [`run_transform_blocking`] (wall-clock, measured per batch).
+    pub processing: crate::store::histogram::Histogram,
     state: AtomicU8,
     last_error: Mutex<Option<String>>,
 }
@@ -154,6 +157,8 @@ pub struct Outputs {
     id: NodeId,
     stats: Arc<NodeStats>,
     error_log: Arc<RateLimitedLog>,
+    /// Watchers of this node's outputs (the live tap); idle unless one is attached.
+    tap: Arc<super::tap::TapPoint>,
 }
 
 impl Outputs {
@@ -180,7 +185,13 @@ impl Outputs {
             id,
             stats,
             error_log: Arc::new(RateLimitedLog::default()),
+            tap: Arc::default(),
         }
+    }
+
+    /// Where live taps attach to these outputs.
+    pub fn tap(&self) -> &Arc<super::tap::TapPoint> {
+        &self.tap
     }
 
     /// The port named `name`.
@@ -212,6 +223,9 @@ impl Outputs {
             msg.fail(format!("{}: no output port #{}", self.id, port.0));
             return;
         };
+        if self.tap.is_watched() {
+            self.tap.offer(&output.name, &msg);
+        }
         if output.edges.is_empty() {
             if port == self.error_port() {
                 self.fail_unwired(msg);
@@ -247,6 +261,12 @@ impl Outputs {
                 .insert("error_node".into(), self.id.to_string());
             self.emit(error, msg).await;
         } else {
+            if self.tap.is_watched() {
+                let mut shown = msg.clone();
+                shown.headers_mut().insert("error".into(), reason.clone());
+                self.tap.offer(&self.ports[error.0].name, &shown);
+                shown.done();
+            }
             msg.fail(format!("{}: {reason}", self.id));
         }
     }
@@ -282,6 +302,11 @@ impl Outputs {
                     {
                         if let Some(Emitted::Msg(_, msg)) = items.next() {
                             run.push_back(msg);
+                        }
+                    }
+                    if self.tap.is_watched() {
+                        for msg in &run {
+                            self.tap.offer(&output.name, msg);
                         }
                     }
                     self.stats
@@ -436,10 +461,12 @@ pub async fn run_transform<T: Transform>(
         if inbox.recv_many(&mut batch, BATCH).await == 0 {
             return Ok(());
         }
-        cx.stats
-            .received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let count = batch.len() as u64;
+        cx.stats.received.fetch_add(count, Ordering::Relaxed);
+        // Wall-clock on purpose (like the script deadline): it measures real work.
+        let started = std::time::Instant::now();
         let result = process_batch(&mut transform, &mut batch, &mut emit);
+        cx.stats.processing.observe_many(started.elapsed(), count);
         finish_batch(&cx, &mut inbox, &mut emit, result).await?;
     }
 }
@@ -463,15 +490,20 @@ pub async fn run_transform_blocking<T: Transform>(
         if inbox.recv_many(&mut batch, BLOCKING_BATCH).await == 0 {
             return Ok(());
         }
-        cx.stats
-            .received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let count = batch.len() as u64;
+        cx.stats.received.fetch_add(count, Ordering::Relaxed);
         let permit = blocking_slots()
             .acquire()
             .await
             .map_err(|_| NodeError::new("the blocking pool is closed"))?;
+        let stats = cx.stats.clone();
+        let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            // Timed on the blocking thread: the wait for a slot is not processing.
+            let started = std::time::Instant::now();
             let result = process_batch(&mut transform, &mut batch, &mut emit);
+            stats.processing.observe_many(started.elapsed(), count);
             (transform, batch, emit, result)
         })
         .await;

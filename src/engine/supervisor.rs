@@ -25,7 +25,9 @@ pub(super) async fn supervise(
     loop {
         stats.set_state(NodeState::Running);
         let started = cx.clock.now();
-        let mut run = tokio::spawn(factory.start(cx.clone()));
+        // The run keeps the node's span (flow and node on every log line).
+        let run_future = factory.start(cx.clone());
+        let mut run = tokio::spawn(tracing::Instrument::in_current_span(run_future));
         let result = tokio::select! {
             result = &mut run => result,
             () = abort.cancelled() => {

@@ -56,6 +56,9 @@ pub struct Settings {
     pub broker: Option<crate::broker::BrokerConfig>,
     /// Warnings from reading `mosquitto_conf:` (`file:line: ...`), for the log.
     pub broker_warnings: Vec<String>,
+    /// `api:`, the admin API (defaults when absent); `token_file` resolved against the
+    /// settings file.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// A loaded, validated set of flow files.
@@ -193,15 +196,22 @@ impl Loader {
                     }
                 }
                 "flows" => self.flows(file, value),
-                "data_dir" | "broker" | "mosquitto_conf" => {
+                "data_dir" | "broker" | "mosquitto_conf" | "api" => {
                     self.settings(file, &key.name, key.pos, value)
                 }
                 other => {
                     let message = format!(
-                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker`, `mosquitto_conf` or `data_dir`",
+                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker`, `mosquitto_conf`, `api` or `data_dir`",
                         suggest(
                             other,
-                            &["version", "flows", "broker", "mosquitto_conf", "data_dir"]
+                            &[
+                                "version",
+                                "flows",
+                                "broker",
+                                "mosquitto_conf",
+                                "api",
+                                "data_dir"
+                            ]
                         )
                     );
                     self.error(file, key.pos, message);
@@ -243,6 +253,10 @@ impl Loader {
             self.broker_settings(file, value);
             return;
         }
+        if key == "api" {
+            self.api_settings(file, value);
+            return;
+        }
         let Some(path) = value.as_str() else {
             self.error(
                 file,
@@ -276,6 +290,25 @@ impl Loader {
             }
             Err(e) => self.error(file, value.pos, format!("`mosquitto_conf`: {e}")),
         }
+    }
+
+    fn api_settings(&mut self, file: &Arc<SourceFile>, value: &Node) {
+        let mut config =
+            match serde_path_to_error::deserialize::<_, crate::api::ApiConfig>(value.to_json()) {
+                Ok(config) => config,
+                Err(e) => {
+                    let pos = value.locate(&tree::parse_error_path(e.path()));
+                    let message = serde_message(&e.into_inner().to_string());
+                    self.error(file, pos, format!("`api`: {message}"));
+                    return;
+                }
+            };
+        config.resolve_paths(file.path.parent().unwrap_or(Path::new(".")));
+        for issue in config.validate() {
+            let pos = value.get(issue.key).map_or(value.pos, |n| n.pos);
+            self.error(file, pos, format!("`api.{}`: {}", issue.key, issue.message));
+        }
+        self.settings.api = Some(config);
     }
 
     fn broker_settings(&mut self, file: &Arc<SourceFile>, value: &Node) {

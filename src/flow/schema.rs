@@ -66,6 +66,8 @@ pub fn flow_file_schema() -> Value {
     let broker = crate::broker::BrokerConfig::json_schema(&mut generator).to_value();
     let mut defs = Map::new();
     defs.insert("BrokerConfig".into(), broker);
+    let api = crate::api::ApiConfig::json_schema(&mut generator).to_value();
+    defs.insert("ApiConfig".into(), api);
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
     }
@@ -104,6 +106,7 @@ pub fn flow_file_schema() -> Value {
             "data_dir": { "type": "string", "description": "Where state and files are kept (at most one file may set it)" },
             "mosquitto_conf": { "type": "string", "description": "A mosquitto.conf that configures the built-in broker instead of `broker:` (relative to this file)" },
             "broker": { "$ref": "#/$defs/BrokerConfig" },
+            "api": { "$ref": "#/$defs/ApiConfig" },
             "flows": {
                 "type": "object",
                 "description": "Flows by name",

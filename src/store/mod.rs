@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
+pub mod histogram;
 mod writer;
 
 #[cfg(test)]
@@ -146,6 +147,8 @@ struct Counters {
     fsyncs: AtomicU64,
     /// Set by the writer when it stops because of a `close`, as opposed to a panic.
     closed: AtomicBool,
+    /// How long each write transaction took to apply and commit (fsync included).
+    commit_latency: histogram::Histogram,
 }
 
 /// What every clone of a [`Store`] shares.
@@ -353,6 +356,12 @@ impl Store {
         } else {
             Err(StoreError::Closed)
         }
+    }
+
+    /// Commit latency of every write transaction so far (apply and commit, fsync
+    /// included), for `/metrics`.
+    pub fn commit_latency(&self) -> histogram::HistogramSnapshot {
+        self.inner.counters.commit_latency.snapshot()
     }
 
     /// Counters: commits requested, transactions written (batches), operations, fsyncs.

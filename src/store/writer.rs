@@ -237,7 +237,9 @@ impl Writer {
     /// One write transaction: applies `ops` and commits, with an fsync if `durable`.
     fn transact(&mut self, ops: Vec<Op>, durable: bool) -> Result<(), StoreError> {
         let count = ops.len() as u64;
+        let started = Instant::now();
         let result = self.apply(ops, durable);
+        self.counters.commit_latency.observe(started.elapsed());
         match &result {
             Ok(()) => {
                 self.counters.transactions.fetch_add(1, Ordering::Relaxed);
