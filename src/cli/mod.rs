@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod check;
 mod graph;
+mod notify;
 mod passwd;
 mod run;
 

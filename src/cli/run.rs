@@ -61,6 +61,8 @@ pub fn run(
                 ..EngineOptions::default()
             },
         );
+        let notify = super::notify::Notifier::from_env();
+        notify.ready(&format!("running {} flows", flows.len()));
         // With the broker running the process serves clients even when no flow node is
         // left (a settings file with `flows: {}`), until a signal.
         let flows_done = async {
@@ -74,6 +76,7 @@ pub fn run(
             () = flows_done => "every node finished",
         };
         tracing::info!("shutting down: {reason}");
+        notify.stopping(reason);
         let report = engine.shutdown().await;
         if let Some(broker) = broker {
             broker.shutdown().await;
