@@ -19,6 +19,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# tests/deb.rs: systemd-analyze checks the unit (package systemd; nothing is started),
+# dpkg-shlibdeps (dpkg-dev) gives cargo-deb the package's libc dependency.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -55,6 +59,12 @@ if ! command -v cargo >/dev/null 2>&1; then
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+fi
+
+# tests/deb.rs builds the Debian package with cargo-deb (deploy/cross-build.sh does too).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-deb"
+  cargo install cargo-deb --locked
 fi
 
 cargo test --locked "$@"

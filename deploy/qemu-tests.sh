@@ -44,9 +44,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The subset. Each entry: cargo test target selection, then the test name filters.
-#  - the flow engine (edges, acks, supervisors, clock, templates) and the redb store
-#    with its group commit and per-node state: unit tests of the library;
+# The subset:
+#  - every unit test of the library (all in process, ~8 s under qemu-aarch64): the flow
+#    engine (edges, acks, supervisors, clock, templates), the nodes and Rhai scripts, the
+#    redb store with its group commit and per-node state, the broker's codec, sessions,
+#    in-process link, WebSocket framing and TLS set-up (ring's ARM code);
 #  - the broker over loopback TCP with a durable store, restarted on the same data:
 #    tests/broker_in_process.rs.
 # TODO(wasm host, branch s6-wasm-host): add the plugin tests (Cranelift on aarch64,
@@ -57,8 +59,12 @@ for target in "${targets[@]}"; do
   echo "== $target: building the test binaries (profile arm-test)"
   cargo test --locked --profile arm-test --target "$target" --no-run \
     --lib --test broker_in_process
-  echo "== $target: flow engine and store (under qemu)"
-  cargo test --locked --profile arm-test --target "$target" --lib -- engine:: store::
+  echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker (under qemu)"
+  # Skipped here only: its second half expects Rhai's default operation limit (1M) to
+  # stop `loop {}` before the default 100 ms timeout does, which emulated armv7 (and a
+  # slow Pi) does not promise; the first half (timeout) runs in the host suite.
+  cargo test --locked --profile arm-test --target "$target" --lib -- \
+    --skip nodes::transforms::script::tests::an_endless_loop_is_stopped_and_the_flow_goes_on
   echo "== $target: broker round trip over loopback (under qemu)"
   cargo test --locked --profile arm-test --target "$target" --test broker_in_process
 done
