@@ -13,5 +13,6 @@ pub mod cli;
 pub mod engine;
 pub mod flow;
 pub mod nodes;
+pub mod plugin;
 pub mod script;
 pub mod store;

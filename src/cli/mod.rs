@@ -7,6 +7,7 @@ mod check;
 mod graph;
 mod notify;
 mod passwd;
+mod plugin;
 mod run;
 
 use std::path::PathBuf;
@@ -83,6 +84,12 @@ pub enum Command {
     /// Manage a Mosquitto password file: add or change a user, delete one (-D), or hash
     /// a plain-text file (-U), as mosquitto_passwd does
     Passwd(passwd::PasswdArgs),
+    /// WebAssembly plugin tools: check a module against the plugin ABI
+    Plugin {
+        /// What to do
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
     /// Measure Headwater against the software it replaces (see docs/benchmarks.md)
     Bench {
         /// What to measure
@@ -117,6 +124,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Graph { files, format } => graph::graph(&files, format),
         Command::Bench { target } => bench::bench(target),
         Command::Passwd(args) => passwd::passwd(&args),
+        Command::Plugin { command } => plugin::plugin(command),
         Command::Schema => {
             let schema = crate::flow::schema::flow_file_schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

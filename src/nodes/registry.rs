@@ -200,6 +200,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<transforms::window::WindowConfig>::NEW,
     &Kind::<transforms::trigger::TriggerConfig>::NEW,
     &Kind::<transforms::delay::DelayConfig>::NEW,
+    &Kind::<transforms::wasm::WasmConfig>::NEW,
     // sinks
     &Kind::<sinks::log::LogConfig>::NEW,
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,

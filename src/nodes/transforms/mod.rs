@@ -10,4 +10,5 @@ pub mod rate_limit;
 pub mod script;
 pub mod switch;
 pub mod trigger;
+pub mod wasm;
 pub mod window;
