@@ -3,6 +3,7 @@
 
 pub mod mqtt;
 pub mod registry;
+pub mod serial;
 pub mod sinks;
 pub mod sources;
 pub mod transforms;

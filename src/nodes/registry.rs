@@ -189,6 +189,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     // sources
     &Kind::<sources::timer::TimerConfig>::NEW,
     &Kind::<sources::mqtt_in::MqttInConfig>::NEW,
+    &Kind::<sources::serial_in::SerialInConfig>::NEW,
     // transforms
     &Kind::<transforms::script::ScriptConfig>::NEW,
     &Kind::<transforms::filter::FilterConfig>::NEW,
@@ -205,6 +206,7 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::log::LogConfig>::NEW,
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
     &Kind::<sinks::file::FileOutConfig>::NEW,
+    &Kind::<sinks::serial_out::SerialOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

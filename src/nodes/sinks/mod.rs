@@ -3,3 +3,4 @@
 pub mod file;
 pub mod log;
 pub mod mqtt_out;
+pub mod serial_out;
