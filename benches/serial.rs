@@ -81,9 +81,8 @@ fn bench_framing(c: &mut Criterion, name: &str, framing: &str, line: &str) {
         .unwrap();
     let (master, _slave, path) = pty();
     let options = format!("path: {path}\nbaud: 4000000\nframing: {framing}");
-    let mut harness = runtime.block_on(async {
-        NodeHarness::start("serial.in", &options, Clock::system()).unwrap()
-    });
+    let mut harness = runtime
+        .block_on(async { NodeHarness::start("serial.in", &options, Clock::system()).unwrap() });
     let batch: Vec<u8> = line.repeat(LINES).into_bytes();
     let (to_writer, batches) = std::sync::mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
@@ -102,10 +101,11 @@ fn bench_framing(c: &mut Criterion, name: &str, framing: &str, line: &str) {
                 to_writer.send(()).unwrap();
                 runtime.block_on(async {
                     for _ in 0..LINES {
-                        let msg = tokio::time::timeout(Duration::from_secs(30), harness.recv("out"))
-                            .await
-                            .expect("a line within 30s")
-                            .expect("the node runs");
+                        let msg =
+                            tokio::time::timeout(Duration::from_secs(30), harness.recv("out"))
+                                .await
+                                .expect("a line within 30s")
+                                .expect("the node runs");
                         msg.done();
                     }
                 });

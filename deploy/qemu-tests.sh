@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs a subset of the tests on the Raspberry Pi targets (aarch64 and armv7) under
-# qemu-user, as .ci/run does: the flow engine and the store, and a broker round trip over
-# loopback in process. The test binaries use the fast `arm-test` profile (opt-level 1,
-# no LTO, no debug info); .cargo/config.toml names the cross linkers and the qemu runners.
+# qemu-user, as .ci/run does: the library's unit tests (flow engine, store, nodes, WASM
+# plugins, serial over pseudo-terminals) and a broker round trip over loopback. The test
+# binaries use the fast `arm-test` profile (opt-level 1, no LTO, no debug info);
+# .cargo/config.toml names the cross linkers and the qemu runners.
 # Installs what is missing first (rustup targets, Debian's cross gcc and qemu-user).
 #
 # Usage: deploy/qemu-tests.sh [TARGET...]
@@ -45,16 +46,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The subset:
-#  - every unit test of the library (all in process, ~8 s under qemu-aarch64): the flow
-#    engine (edges, acks, supervisors, clock, templates), the nodes and Rhai scripts, the
-#    redb store with its group commit and per-node state, the broker's codec, sessions,
-#    in-process link, WebSocket framing and TLS set-up (ring's ARM code);
+#  - every unit test of the library, all in process: the flow engine (edges, acks,
+#    supervisors, clock, templates), the nodes and Rhai scripts, the redb store with its
+#    group commit and per-node state, the broker's codec, sessions, in-process link,
+#    WebSocket framing and TLS set-up (ring's ARM code), WebAssembly plugins from WAT
+#    (src/plugin: Cranelift on aarch64, the Pulley interpreter on armv7), and serial
+#    ports over pseudo-terminals (src/nodes/serial, serial.in/out: the TCGETS/TCSETS
+#    fallback, since qemu-user 7.2 answers ENOSYS to TCGETS2);
 #  - the broker over loopback TCP with a durable store, restarted on the same data:
 #    tests/broker_in_process.rs.
-# TODO(wasm host, branch s6-wasm-host): add the plugin tests (Cranelift on aarch64,
-#   Pulley on armv7) once the wasmtime host is merged.
-# TODO(serial, branch s6-serial): add the pseudo-terminal tests once serial is merged
-#   (they need its TCGETS/TCSETS fallback: qemu-user 7.2 answers ENOSYS to TCGETS2).
 for target in "${targets[@]}"; do
   echo "== $target: building the test binaries (profile arm-test)"
   cargo test --locked --profile arm-test --target "$target" --no-run \
