@@ -24,6 +24,10 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
 # PostgreSQL for tests/sql.rs, which starts its own throwaway clusters (initdb, pg_ctl).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# tests/deb.rs: systemd-analyze checks the unit (package systemd; nothing is started),
+# dpkg-shlibdeps (dpkg-dev) gives cargo-deb the package's libc dependency.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -77,5 +81,10 @@ plugins/build.sh
 # The SDK's and the example plugins' own unit tests, natively on the SDK's test host.
 (cd sdk/rust && cargo test --locked --quiet)
 (cd plugins && cargo test --locked --quiet --target-dir target)
+# tests/deb.rs builds the Debian package with cargo-deb (deploy/cross-build.sh does too).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-deb"
+  cargo install cargo-deb --locked
+fi
 
 cargo test --locked "$@"

@@ -127,8 +127,11 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
         let mut signals = super::run::ShutdownSignals::listen()?;
         let store = super::open_store(&data_dir, config.persistence)?;
         let broker = start(config, store).await?;
+        let notify = super::notify::Notifier::from_env();
+        notify.ready("broker running");
         let reason = signals.recv().await;
         tracing::info!("shutting down: {reason}");
+        notify.stopping(reason);
         broker.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })

@@ -6,6 +6,7 @@ mod broker;
 mod check;
 mod graph;
 mod logging;
+mod notify;
 mod passwd;
 mod plugin;
 mod plugin_project;

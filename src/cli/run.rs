@@ -76,6 +76,8 @@ pub fn run(
             clock,
         )
         .await?;
+        let notify = super::notify::Notifier::from_env();
+        notify.ready(&format!("running {} flows", flows.len()));
         // With the broker running the process serves clients even when no flow node is
         // left (a settings file with `flows: {}`), until a signal.
         let flows_done = async {
@@ -92,6 +94,7 @@ pub fn run(
         if let Some(api) = &api {
             api.not_ready("shutting down");
         }
+        notify.stopping(reason);
         let report = engine.shutdown().await;
         if let Some(broker) = broker {
             broker.shutdown().await;
