@@ -207,6 +207,8 @@ pub static KINDS: &[&dyn NodeKind] = &[
     &Kind::<sinks::mqtt_out::MqttOutConfig>::NEW,
     &Kind::<sinks::file::FileOutConfig>::NEW,
     &Kind::<sinks::gpio_out::GpioOutConfig>::NEW,
+    &Kind::<sinks::http_out::HttpOutConfig>::NEW,
+    &Kind::<sinks::influx_out::InfluxOutConfig>::NEW,
 ];
 
 /// The kind registered under `type_name`.

@@ -3,9 +3,11 @@
 //!
 //! A script is compiled once, at load (so `check` reports its syntax errors with a
 //! flow-file position), with every `import` resolved then and embedded. It runs once per
-//! message with two variables in scope: `msg` (a fresh map per message) and `state` (a
-//! map the node keeps between messages, like Node-RED's `context`; in memory, reset when
-//! the node restarts).
+//! message with two variables in scope: `msg` (a fresh map per message) and `state` (the
+//! node's persistent key/value state, like Node-RED's `context`, kept in the store and
+//! surviving restarts: see [`state`]).
+
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use rhai::module_resolvers::FileModuleResolver;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
 use crate::engine::{Msg, NodeId};
+
+pub use state::ScriptState;
 
 /// What bounds one run of a script; each limit ends that run with an error, and the
 /// message goes to the node's `error` port.
@@ -159,6 +163,7 @@ impl Script {
             Origin::File { path } => path.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         engine.set_module_resolver(FileModuleResolver::new_with_path(base_dir));
+        state::register(&mut engine);
 
         let ast = engine
             .compile_into_self_contained(&Script::scope_template(), source)
@@ -174,19 +179,21 @@ impl Script {
     /// The variables a script finds: `msg` and `state`, for strict-variable checking.
     fn scope_template() -> Scope<'static> {
         let mut scope = Scope::new();
-        scope.push("state", Map::new());
+        scope.push("state", ScriptState::detached());
         scope.push("msg", Map::new());
         scope
     }
 
-    /// A fresh node state: the scope holding `state` between messages.
-    pub fn new_state() -> Scope<'static> {
+    /// The scope a node keeps between messages, holding `state`.
+    pub fn new_state(state: ScriptState) -> Scope<'static> {
         let mut scope = Scope::new();
-        scope.push("state", Map::new());
+        scope.push("state", state);
         scope
     }
 
-    /// Runs the script for `msg`; `scope` is the node's state from [`Script::new_state`].
+    /// Runs the script for `msg`; `scope` is the node's from [`Script::new_state`]. The
+    /// run's `state` writes stay pending in its [`ScriptState`] for the caller to commit
+    /// or discard.
     pub fn run(&self, scope: &mut Scope<'static>, msg: &Msg) -> Result<Dynamic, RunError> {
         let keep = scope.len();
         scope.push("msg", msg_to_map(msg));
@@ -429,7 +436,7 @@ mod tests {
 
     fn run(source: &str, msg: &Msg) -> Result<Vec<Returned>, RunError> {
         let script = compile(source).expect("compiles");
-        let mut scope = Script::new_state();
+        let mut scope = Script::new_state(ScriptState::detached());
         returned(script.run(&mut scope, msg)?)
     }
 
@@ -483,13 +490,71 @@ mod tests {
     #[test]
     fn state_survives_between_messages() {
         let script = compile("state.n = (state.n ?? 0) + 1; msg.payload = state.n; msg").unwrap();
-        let mut scope = Script::new_state();
+        let mut scope = Script::new_state(ScriptState::detached());
         let msg = Msg::new("t", "x", 0);
         for expected in 1..=3 {
             let out = returned(script.run(&mut scope, &msg).unwrap()).unwrap();
             assert_eq!(json(&out[0].payload), serde_json::json!(expected));
         }
         assert_eq!(scope.len(), 1, "per-message variables are gone");
+    }
+
+    #[test]
+    fn state_is_json_in_the_node_store_once_committed() {
+        let states = crate::engine::StateStore::memory();
+        let kv = states.node("f/s");
+        let state = ScriptState::new(kv.clone());
+        let script = compile(
+            r#"
+            state.set("x", 1);
+            state.set("x", state.get("x") + 1);
+            state.m = #{ a: [1, 2.5, "s", true, ()] };
+            state["gone"] = 5;
+            state.remove("gone");
+            msg.payload = #{
+                x: state.x, m: state.get("m"), gone: state.get("gone", "default"),
+                missing: state.missing
+            };
+            msg"#,
+        )
+        .unwrap();
+        let mut scope = Script::new_state(state.clone());
+        let out = returned(script.run(&mut scope, &Msg::new("t", "x", 0)).unwrap()).unwrap();
+        assert_eq!(
+            json(&out[0].payload),
+            serde_json::json!({"x": 2, "m": {"a": [1, 2.5, "s", true, null]}, "gone": "default", "missing": null})
+        );
+        assert_eq!(
+            kv.get("x").unwrap(),
+            None,
+            "nothing is stored before the commit"
+        );
+        kv.commit_blocking(state.take_changes()).unwrap();
+        assert_eq!(kv.get("x").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get("gone").unwrap(), None);
+
+        // A later run (or a restarted node) reads what was committed.
+        let fresh = ScriptState::new(kv.clone());
+        let script = compile("msg.payload = state.m.a[1] + state.get(\"x\"); msg").unwrap();
+        let out = returned(
+            script
+                .run(&mut Script::new_state(fresh), &Msg::new("t", "x", 0))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json(&out[0].payload), serde_json::json!(4.5));
+
+        let bad = compile("state.set(\"\", 1); msg").unwrap();
+        let err = bad
+            .run(
+                &mut Script::new_state(ScriptState::new(kv)),
+                &Msg::new("t", "x", 0),
+            )
+            .unwrap_err();
+        assert!(
+            err.0.contains("a state key must be 1 to 256 bytes long"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -513,7 +578,9 @@ mod tests {
             ..Limits::default()
         };
         let script = Script::compile("loop {}", &origin, &limits, &NodeId::new("f", "s")).unwrap();
-        let err = script.run(&mut Script::new_state(), &msg).unwrap_err();
+        let err = script
+            .run(&mut Script::new_state(ScriptState::detached()), &msg)
+            .unwrap_err();
         assert!(
             err.0.starts_with("script exceeded its operation limit"),
             "{err}"
@@ -525,7 +592,9 @@ mod tests {
             ..Limits::default()
         };
         let script = Script::compile("loop {}", &origin, &limits, &NodeId::new("f", "s")).unwrap();
-        let err = script.run(&mut Script::new_state(), &msg).unwrap_err();
+        let err = script
+            .run(&mut Script::new_state(ScriptState::detached()), &msg)
+            .unwrap_err();
         assert!(
             err.0
                 .starts_with("script ran longer than its timeout of 20ms"),
@@ -543,7 +612,10 @@ mod tests {
         };
         let run_limited = |source: &str| {
             let script = Script::compile(source, &origin, &limits, &NodeId::new("f", "s")).unwrap();
-            script.run(&mut Script::new_state(), &msg).unwrap_err().0
+            script
+                .run(&mut Script::new_state(ScriptState::detached()), &msg)
+                .unwrap_err()
+                .0
         };
         let err = run_limited("let s = \"x\"; loop { s += s; }");
         assert!(err.contains("Length of string too large"), "{err}");
@@ -579,7 +651,10 @@ mod tests {
         std::fs::remove_file(dir.path().join("units.rhai")).unwrap();
         let out = returned(
             script
-                .run(&mut Script::new_state(), &Msg::new("t", "1500", 0))
+                .run(
+                    &mut Script::new_state(ScriptState::detached()),
+                    &Msg::new("t", "1500", 0),
+                )
                 .unwrap(),
         )
         .unwrap();

@@ -2,5 +2,8 @@
 
 pub mod file;
 pub mod gpio_out;
+pub mod http_out;
+pub mod http_retry;
+pub mod influx_out;
 pub mod log;
 pub mod mqtt_out;

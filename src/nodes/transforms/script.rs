@@ -1,6 +1,10 @@
 //! `script`: runs a Rhai script per message (Node-RED's function node). The engine
 //! set-up, limits and the `msg` map live in [`crate::script`]; this file holds the
 //! options, the ports and the verdict each message gets.
+//!
+//! `state` writes of one message are committed to the node's store, atomically and
+//! durably, after the script succeeded and before any of its output leaves: a crash
+//! never loses a change whose message went on, and a failed run changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use crate::engine::{
 };
 use crate::flow::values::HumanDuration;
 use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
-use crate::script::{Limits, Origin, Returned, ReturnedPayload, Script, returned};
+use crate::script::{Limits, Origin, Returned, ReturnedPayload, Script, ScriptState, returned};
 
 use super::switch::check_port_name;
 
@@ -24,7 +28,8 @@ use super::switch::check_port_name;
 #[serde(deny_unknown_fields)]
 pub struct ScriptConfig {
     /// The script, inline. It sees `msg` (`topic`, `payload`, `headers`, `timestamp`,
-    /// `id`) and `state`, and returns `msg`, an array of messages, or `()` to drop it.
+    /// `id`) and `state` (persistent: `state.get(key)`, `state.set(key, value)`,
+    /// `state.remove(key)`), and returns `msg`, an array of messages, or `()` to drop it.
     pub rhai: Option<String>,
     /// A `.rhai` file holding the script, relative to the flow file.
     pub file: Option<String>,
@@ -169,6 +174,8 @@ impl Config for ScriptConfig {
 struct ScriptNode {
     script: Arc<Script>,
     scope: Scope<'static>,
+    /// The `state` in `scope`: holds a run's writes until they are committed.
+    state: ScriptState,
     ports: Vec<(String, PortId)>,
 }
 
@@ -178,9 +185,11 @@ impl ScriptNode {
             .iter()
             .filter_map(|name| Some((name.clone(), cx.outputs.port(name)?)))
             .collect();
+        let state = ScriptState::new(cx.state.clone());
         ScriptNode {
             script,
-            scope: Script::new_state(),
+            scope: Script::new_state(state.clone()),
+            state,
             ports,
         }
     }
@@ -220,6 +229,8 @@ fn apply(mut msg: Msg, out: Returned) -> Msg {
 
 impl Transform for ScriptNode {
     fn process(&mut self, msg: Msg, emit: &mut Emit) {
+        // Writes left over from a run that panicked belong to no message.
+        self.state.discard();
         let result = self
             .script
             .run(&mut self.scope, &msg)
@@ -234,8 +245,19 @@ impl Transform for ScriptNode {
             });
         let (mut outs, ports) = match result {
             Ok(ok) => ok,
-            Err(reason) => return emit.error(msg, reason),
+            Err(reason) => {
+                self.state.discard();
+                return emit.error(msg, reason);
+            }
         };
+        // This runs on the blocking pool (`run_transform_blocking`), where waiting for the
+        // store's fsync is allowed; the outputs are emitted only after it.
+        let changes = self.state.take_changes();
+        if let Some(kv) = self.state.kv()
+            && let Err(e) = kv.commit_blocking(changes)
+        {
+            return emit.error(msg, format!("cannot save the script's state: {e}"));
+        }
         match outs.len() {
             0 => msg.done(),
             1 => {
@@ -411,6 +433,57 @@ outputs: [high]
             err("file: does-not-exist.rhai")
                 .starts_with("file: cannot read `./does-not-exist.rhai`")
         );
+    }
+
+    #[tokio::test]
+    async fn state_is_committed_per_message_and_survives_a_restart() {
+        let script = "\
+rhai: |
+  let n = state.get(\"n\", 0) + 1;
+  state.set(\"n\", n);
+  state.last = msg.payload;
+  if msg.payload == \"fail\" { throw \"refused\"; }
+  msg.payload = #{ n: n, before: state.get(\"before\") };
+  state.set(\"before\", msg.payload);
+  msg
+";
+        let store = crate::engine::StateStore::memory();
+        let kv = store.node("test/node");
+        let start = || {
+            NodeHarness::start_with_state(
+                "script",
+                script,
+                Clock::system(),
+                std::env::temp_dir(),
+                store.clone(),
+            )
+            .unwrap()
+        };
+        let mut h = start();
+        for payload in ["a", "fail", "b"] {
+            h.send(Msg::new("t", payload, 0)).await;
+        }
+        let first = h.recv("out").await.unwrap();
+        let json = |m: &Msg| (*m.payload_json().unwrap()).clone();
+        assert_eq!(json(&first), serde_json::json!({"n": 1, "before": null}));
+        // The failed run's writes were dropped: `n` goes on from 1, `last` is "a".
+        let failed = h.recv("error").await.unwrap();
+        assert_eq!(failed.payload, "fail");
+        let second = h.recv("out").await.unwrap();
+        assert_eq!(
+            json(&second),
+            serde_json::json!({"n": 2, "before": {"n": 1, "before": null}})
+        );
+        // Committed before the message left the node.
+        assert_eq!(kv.get("n").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get("last").unwrap(), Some(b"\"b\"".to_vec()));
+        h.shutdown().await;
+
+        let mut h = start();
+        h.send(Msg::new("t", "c", 0)).await;
+        let third = h.recv("out").await.unwrap();
+        assert_eq!(third.payload_json().unwrap()["n"], 3);
+        h.shutdown().await;
     }
 
     /// The located errors of loading and building `yaml` (as `check` does).
