@@ -74,8 +74,9 @@ async fn measure(durable: bool, pulses: usize, dir: &Path) -> Vec<Duration> {
     )
     .expect("broker");
     broker.start(Vec::new());
-    let set = headwater::flow::load_sources(vec![(PathBuf::from("bench.yaml"), FLOW.into())], &NoEnv)
-        .unwrap_or_else(|d| panic!("{d:?}"));
+    let set =
+        headwater::flow::load_sources(vec![(PathBuf::from("bench.yaml"), FLOW.into())], &NoEnv)
+            .unwrap_or_else(|d| panic!("{d:?}"));
     let clock = Clock::system();
     let plan = set.plan(dir, &clock).unwrap_or_else(|d| panic!("{d:?}"));
     let sims = SimChips::default();

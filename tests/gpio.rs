@@ -6,6 +6,7 @@
 //! kernel chip.
 
 mod common;
+mod http_peer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -492,13 +493,16 @@ fn flukso_flow_publishes_and_its_counter_continues_after_a_restart() {
     assert!(gateway.wait().success());
 }
 
-#[test]
-fn consumption_alert_notifies_once_high_and_once_back_to_normal() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_alert_notifies_once_high_and_once_back_to_normal() {
+    let webhook = http_peer::Server::start(Vec::new()).await;
+    let url = webhook.url("/hook");
     let dir = tempfile::tempdir().unwrap();
     let gateway = run_flow(
         &flow("consumption-alert.yaml"),
         &dir.path().join("data"),
         &[
+            ("WEBHOOK_URL", url.as_str()),
             ("WH_PER_PULSE", "0.01"),
             ("METER_INTERVAL", "200ms"),
             ("SIM_LOW_WATTS", "200"),
@@ -508,13 +512,29 @@ fn consumption_alert_notifies_once_high_and_once_back_to_normal() {
             ("ALERT_AFTER", "1s"),
         ],
     );
-    // 0-3 s at 200 W, 3-6 s at 5 kW (alert about 1 s in), 6-9 s at 200 W again.
-    let alert = gateway.wait_for("\"node\":\"alert/webhook\"");
-    assert!(alert.contains(r#"\"state\":\"alert\""#), "{alert}");
-    let normal = gateway.wait_for("\"node\":\"alert/webhook\"");
-    assert!(normal.contains(r#"\"state\":\"normal\""#), "{normal}");
-    gateway.signal("TERM");
-    assert!(gateway.wait().success());
+    // 0-3 s at 200 W, 3-6 s at 5 kW (alert about 1 s in), 6-9 s at 200 W again, ...
+    webhook
+        .wait_until("two notifications", |received| received.len() >= 2)
+        .await;
+    let received = webhook.received();
+    let bodies: Vec<Value> = received
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(received[0].method, "POST");
+    assert_eq!(received[0].target, "/hook");
+    assert_eq!(received[0].header("content-type"), Some("application/json"));
+    assert_eq!(bodies[0]["state"], "alert", "{bodies:?}");
+    assert_eq!(bodies[1]["state"], "normal", "{bodies:?}");
+    assert!(bodies[1]["watts"].as_f64().unwrap() < 3000.0, "{bodies:?}");
+    let logged = tokio::task::spawn_blocking(move || {
+        gateway.wait_for("\"node\":\"alert/show\"");
+        gateway
+    })
+    .await
+    .unwrap();
+    logged.signal("TERM");
+    assert!(logged.wait().success());
 }
 
 // --- the character device on the kernel's gpio-sim ---------------------------------
