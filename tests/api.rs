@@ -108,7 +108,11 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
     let (status, body) = http(port, "GET", "/api/flows", None, "");
     assert_eq!(status, 401);
     assert!(body.contains("\"error\""), "{body}");
-    gateway.wait_for("api request refused: no bearer token");
+    let refused = gateway.wait_for("api request refused: no bearer token");
+    assert!(
+        refused.contains("127.0.0.1:") && refused.contains("/api/flows"),
+        "{refused}"
+    );
 
     let flows = json(port, "/api/flows");
     assert_eq!(flows["flows"][0]["name"], "demo");

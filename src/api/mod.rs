@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 mod flows;
 mod health;
+mod listener;
 pub mod metrics;
 mod openapi;
 mod status;
@@ -160,6 +161,8 @@ pub struct ApiContext {
     refused_logged_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Fires at shutdown: ends every tap stream so the server can stop.
     pub shutdown: CancellationToken,
+    /// Permits for broker taps ([`tap::MAX_BROKER_TAPS`]).
+    broker_taps: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router's state: one `Arc` per request.
@@ -193,6 +196,7 @@ impl ApiContext {
             refused: AtomicU64::new(0),
             refused_logged_at: std::sync::Mutex::new(None),
             shutdown: CancellationToken::new(),
+            broker_taps: Arc::new(tokio::sync::Semaphore::new(tap::MAX_BROKER_TAPS)),
         }
     }
 
@@ -325,8 +329,8 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     };
     let peer = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .map(|c| c.0.0);
     state.log_refused(request.uri().path(), peer, why);
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -362,7 +366,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         // The address last: tests and scripts read the port from the line's end.
         tracing::info!(token = state.requires_token(), %address, "api listening");
     }
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state).into_make_service_with_connect_info::<listener::Peer>();
+    let listener = listener::BoundedListener::new(listener, listener::MAX_CONNECTIONS);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -30,6 +30,9 @@ use crate::engine::tap::{TAP_DEPTH, Tap, TapEvent};
 
 /// The default pace of a tap, messages per second.
 pub const DEFAULT_RATE: u32 = 50;
+/// Most broker taps open at once, process-wide (each is an in-process session).
+pub const MAX_BROKER_TAPS: usize = 16;
+
 /// The fastest pace a client may ask for.
 pub const MAX_RATE: u32 = 10_000;
 
@@ -303,6 +306,13 @@ async fn broker_source(
     topic: &str,
 ) -> Result<(Source, Arc<AtomicU64>), ApiError> {
     use crate::broker::codec::{Packet, Qos, SubscriptionOptions};
+    // Each broker tap is a broker session; bound them process-wide.
+    let slot = state.broker_taps.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_BROKER_TAPS} broker taps are open already; close one and retry"),
+        )
+    })?;
     let Some(broker) = &state.broker else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -348,6 +358,7 @@ async fn broker_source(
     let relay_stop = stop.clone();
     let port: Arc<str> = "broker".into();
     tokio::spawn(async move {
+        let _slot = slot;
         loop {
             let packet = tokio::select! {
                 () = relay_stop.cancelled() => break,

@@ -824,3 +824,22 @@ async fn injecting_into_a_stopped_flow_is_a_conflict() {
     };
     assert_eq!(flows["flows"][0]["state"], "stopped");
 }
+
+#[tokio::test]
+async fn a_node_tap_with_a_topic_filter_shows_only_matching_messages() {
+    let f = Fixture::start(None).await;
+    let mut tap = open_tap(&f, "flow=demo&node=pass&topic=keep/%2B").await;
+    assert_eq!(tap.next().await.0, "ready");
+    for topic in ["drop/a", "keep/a", "keep/a/b", "keep/b"] {
+        let body = format!(r#"{{"topic": "{topic}", "payload": "x"}}"#);
+        assert_eq!(f.inject("pass", &body).await.0, StatusCode::ACCEPTED);
+    }
+    for expected in ["keep/a", "keep/b"] {
+        let message: tap::TapMessage = serde_json::from_str(&tap.next().await.1).unwrap();
+        assert_eq!(message.topic, expected);
+    }
+    eventually("all four passed", || {
+        f.stats("sink").received.load(Ordering::Relaxed) == 4
+    })
+    .await;
+}
