@@ -382,3 +382,23 @@ fn the_status_page_draws_the_graph_and_updates_rates_in_chromium() {
     let png = std::fs::read(&screenshot).expect("the screenshot was saved");
     assert!(png.starts_with(b"\x89PNG"), "a PNG file");
 }
+
+#[test]
+fn a_busy_api_address_stops_run_before_any_flow_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flow, _) = files(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["run", "--no-broker", "--api-listen", &address, &flow])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} for the admin API")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("engine started"), "{stderr}");
+}

@@ -403,18 +403,20 @@ pub enum ApiStartError {
     },
 }
 
-/// Binds and serves the API described by `config` over `context`, ready at once (the
-/// caller starts it once flows run and listeners are bound). With `explicit` false (no
-/// `api:` section and no flag), a busy default port is a warning, not an error, so two
-/// processes on one machine still run.
-pub async fn start(
+/// The API's socket and token, ready to serve ([`bind_configured`], then [`start`]).
+pub struct BoundApi {
+    listener: TcpListener,
+    token: Option<String>,
+}
+
+/// Checks `config`, reads the token and binds the address, before anything else starts,
+/// so a bad setting or a busy port stops `run` before flows run. `None` when the API is
+/// off. With `explicit` false (no `api:` section and no flag), a busy default port is a
+/// warning, not an error, so two processes on one machine still run.
+pub async fn bind_configured(
     config: &ApiConfig,
     explicit: bool,
-    graph: Graph,
-    broker: Option<Broker>,
-    store: Option<Store>,
-    clock: Clock,
-) -> Result<Option<RunningApi>, ApiStartError> {
+) -> Result<Option<BoundApi>, ApiStartError> {
     if !config.enabled {
         return Ok(None);
     }
@@ -428,25 +430,39 @@ pub async fn start(
         .token()
         .map_err(|issue| ApiStartError::Settings(issue.message))?;
     let address = config.address().map_err(ApiStartError::Settings)?;
-    let listener = match bind(address).await {
-        Ok(listener) => listener,
+    match bind(address).await {
+        Ok(listener) => Ok(Some(BoundApi { listener, token })),
         Err(source) if !explicit => {
             tracing::warn!(%address, "admin API not started: cannot listen on the default address ({source}); set `api.listen` to choose another");
-            return Ok(None);
+            Ok(None)
         }
-        Err(source) => return Err(ApiStartError::Bind { address, source }),
-    };
-    let address = listener.local_addr().unwrap_or(address);
+        Err(source) => Err(ApiStartError::Bind { address, source }),
+    }
+}
+
+/// Serves the API on `bound` over what runs, ready at once: the caller starts it once
+/// the flows run and the broker's listeners are bound.
+pub fn start(
+    bound: BoundApi,
+    graph: Graph,
+    broker: Option<Broker>,
+    store: Option<Store>,
+    clock: Clock,
+) -> RunningApi {
+    let BoundApi { listener, token } = bound;
+    let address = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let state = AppState(Arc::new(ApiContext::new(
         graph, broker, store, clock, token,
     )));
     state.set_ready(None);
     let task = tokio::spawn(serve(listener, state.clone()));
-    Ok(Some(RunningApi {
+    RunningApi {
         state,
         address,
         task,
-    }))
+    }
 }
 
 impl RunningApi {

@@ -43,6 +43,7 @@ pub fn run(
     let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
+        let api_socket = crate::api::bind_configured(&api_config, api_explicit).await?;
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
         tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
         let persistence = broker_config
@@ -63,19 +64,13 @@ pub fn run(
                 ..EngineOptions::default()
             },
         );
-        let graph = crate::api::Graph {
-            flows: crate::api::FlowInfo::from_set(&set),
-            nodes: engine.nodes().to_vec(),
-        };
-        let api = crate::api::start(
-            &api_config,
-            api_explicit,
-            graph,
-            broker.clone(),
-            Some(store.clone()),
-            clock,
-        )
-        .await?;
+        let api = api_socket.map(|bound| {
+            let graph = crate::api::Graph {
+                flows: crate::api::FlowInfo::from_set(&set),
+                nodes: engine.nodes().to_vec(),
+            };
+            crate::api::start(bound, graph, broker.clone(), Some(store.clone()), clock)
+        });
         let notify = super::notify::Notifier::from_env();
         notify.ready(&format!("running {} flows", flows.len()));
         // With the broker running the process serves clients even when no flow node is
