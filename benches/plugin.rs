@@ -53,6 +53,7 @@ fn kind_node(type_name: &str, options: &str, data_dir: &Path) -> NodePlan {
         ports: config.ports(),
         inputs: input("source"),
         state_key: "bench/last".into(),
+        buffer: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn native_node() -> NodePlan {
         ports: vec!["out".into()],
         inputs: input("source"),
         state_key: "bench/last".into(),
+        buffer: None,
     }
 }
 
@@ -114,6 +116,7 @@ async fn run(middle: NodePlan, count: u64, payload: Bytes) {
             ports: vec!["out".into()],
             inputs: vec![],
             state_key: "bench/source".into(),
+            buffer: None,
         },
         middle,
         NodePlan {
@@ -123,6 +126,7 @@ async fn run(middle: NodePlan, count: u64, payload: Bytes) {
             ports: vec![],
             inputs: input("last"),
             state_key: "bench/sink".into(),
+            buffer: None,
         },
     ];
     let engine = Engine::start(

@@ -60,14 +60,10 @@ for target in "${targets[@]}"; do
   cargo test --locked --profile arm-test --target "$target" --no-run \
     --lib --test broker_in_process
   echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker (under qemu)"
-  # Skipped here only: its second half expects Rhai's default operation limit (1M) to
-  # stop `loop {}` before the default 100 ms timeout does, which emulated armv7 (and a
-  # slow Pi) does not promise; the first half (timeout) runs in the host suite.
-  # The second skip: that test asserts serialport set the speed through TCSETS2
+  # Skipped here only: that test asserts serialport set the speed through TCSETS2
   # (CBAUD == BOTHER); under qemu-user the TCGETS/TCSETS fallback sets B57600 instead,
   # which is the fallback working. The rest of that test and the other pty tests run.
   cargo test --locked --profile arm-test --target "$target" --lib -- \
-    --skip nodes::transforms::script::tests::an_endless_loop_is_stopped_and_the_flow_goes_on \
     --skip nodes::sinks::serial_out::tests::writes_with_a_terminator_fails_while_unplugged_and_reopens_with_backoff
   echo "== $target: broker round trip over loopback (under qemu)"
   cargo test --locked --profile arm-test --target "$target" --test broker_in_process

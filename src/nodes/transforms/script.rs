@@ -363,8 +363,14 @@ outputs: [high]
         );
         assert_eq!(h.recv("out").await.unwrap().payload, "after");
 
-        // The operation limit (on by default) stops it too.
-        let mut h2 = NodeHarness::start("script", "rhai: 'loop {}'", Clock::system()).unwrap();
+        // The operation limit (on by default) stops it too; the timeout is set far away so
+        // the limit, not the clock, ends the loop however slow the machine (or qemu) is.
+        let mut h2 = NodeHarness::start(
+            "script",
+            "rhai: 'loop {}'\nlimits: { timeout: 1h }",
+            Clock::system(),
+        )
+        .unwrap();
         h2.send(Msg::new("t", "x", 0)).await;
         let failed = h2.recv("error").await.unwrap();
         assert!(failed.headers["error"].starts_with("script exceeded its operation limit"));
