@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -191,8 +192,14 @@ fn require(program: &str, install: &str) -> anyhow::Result<PathBuf> {
 
 /// Runs a build command with its output on our stderr; fails with the command's name.
 fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    // Our stdout carries only the path of the built module (scripts read it), so the
+    // tools' own chatter (npm's "added 3 packages") goes to stderr.
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stderr")?;
     let status = command
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::from(stderr))
         .stderr(Stdio::inherit())
         .status()
         .with_context(|| format!("cannot start {what}"))?;

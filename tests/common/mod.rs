@@ -70,9 +70,16 @@ impl Gateway {
     /// log line (it binds port 0 in tests).
     pub fn listening_port(&self) -> u16 {
         let line = self.wait_for("broker listening");
-        line.rsplit(':')
-            .next()
-            .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        // `address=HOST:PORT` in text logs, `"address":"HOST:PORT"` in JSON ones.
+        line.split_once("address")
+            .map(|(_, rest)| {
+                rest.trim_start_matches(['=', '"', ':'])
+                    .split(['"', ' ', ','])
+                    .next()
+                    .unwrap_or_default()
+            })
+            .and_then(|address| address.rsplit(':').next())
+            .and_then(|port| port.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"))
     }
 
