@@ -391,7 +391,14 @@ struct Running {
 impl Running {
     fn start(broker: &Broker, config: BridgeConfig) -> Running {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bridge::run(broker.clone(), config, shutdown.clone()));
+        // The tests watch the bridge's state topic instead of the attach signal.
+        let (attached, _) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(bridge::run(
+            broker.clone(),
+            config,
+            shutdown.clone(),
+            attached,
+        ));
         Running { shutdown, task }
     }
 

@@ -235,7 +235,7 @@ fn debians_default_configuration_loads_with_warnings_only() {
     gateway.wait_for("`log_dest` is ignored");
     gateway.listening_port();
     assert!(
-        dir.path().join("lib/broker").is_dir(),
+        dir.path().join("lib/store.redb").is_file(),
         "no store in persistence_location"
     );
 }
@@ -282,7 +282,7 @@ fn mosquitto_clients_talk_through_a_broker_configured_by_a_mosquitto_file() {
     let _ = sub.kill();
     let _ = sub.wait();
     // No --data-dir: the store is where the file's persistence_location says.
-    assert!(dir.path().join("lib/broker").is_dir());
+    assert!(dir.path().join("lib/store.redb").is_file());
 }
 
 #[test]

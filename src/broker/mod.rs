@@ -67,6 +67,8 @@ pub fn open_store(data_dir: &Path) -> Result<Store, StoreError> {
     })
 }
 
+/// How long the listeners wait for the bridges' local sessions at start.
+const BRIDGE_ATTACH_WAIT: Duration = Duration::from_secs(5);
 /// How often password and ACL files are looked at for changes.
 const AUTH_FILE_POLL: Duration = Duration::from_secs(2);
 /// How often silent clients are looked for; a client is closed at most this late.
@@ -276,6 +278,41 @@ impl Broker {
     /// Starts serving `sockets` (from `bind`, in the order of the configured
     /// listeners) and `$SYS`; returns at once.
     pub fn start(&self, sockets: Vec<TcpListener>) {
+        // Bridges attach their local sessions first; the listeners start accepting once
+        // they are subscribed (or after 5 s), so nothing published at start-up misses a
+        // bridge. Until then clients wait in the sockets' backlog.
+        let mut attached = Vec::new();
+        for bridge in &self.shared.config.bridges {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            attached.push(wait);
+            self.shared.tracker.spawn(bridge::run(
+                self.clone(),
+                bridge.clone(),
+                self.shared.shutdown.child_token(),
+                done,
+            ));
+        }
+        if attached.is_empty() {
+            self.serve(sockets);
+        } else {
+            let broker = self.clone();
+            self.shared.tracker.spawn(async move {
+                for wait in attached {
+                    let _ = tokio::time::timeout(BRIDGE_ATTACH_WAIT, wait).await;
+                }
+                broker.serve(sockets);
+            });
+        }
+        self.shared.tracker.spawn(self.clone().keepalive_sweep());
+        self.shared.tracker.spawn(self.clone().watch_auth_files());
+        if self.shared.config.sys_interval > 0 {
+            let broker = self.clone();
+            self.shared.tracker.spawn(sys::run(broker));
+        }
+    }
+
+    /// Logs each listener and starts its accept loop.
+    fn serve(&self, sockets: Vec<TcpListener>) {
         for (socket, listener) in sockets.into_iter().zip(self.shared.listeners.clone()) {
             let config = &listener.config;
             if let Ok(address) = socket.local_addr() {
@@ -290,19 +327,6 @@ impl Broker {
             self.shared
                 .tracker
                 .spawn(listener::accept_loop(self.clone(), socket, listener));
-        }
-        self.shared.tracker.spawn(self.clone().keepalive_sweep());
-        self.shared.tracker.spawn(self.clone().watch_auth_files());
-        for bridge in &self.shared.config.bridges {
-            self.shared.tracker.spawn(bridge::run(
-                self.clone(),
-                bridge.clone(),
-                self.shared.shutdown.child_token(),
-            ));
-        }
-        if self.shared.config.sys_interval > 0 {
-            let broker = self.clone();
-            self.shared.tracker.spawn(sys::run(broker));
         }
     }
 

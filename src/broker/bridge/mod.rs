@@ -59,7 +59,16 @@ const MAX_PACKET: usize = 268_435_460;
 
 /// Runs one bridge until `shutdown`; reconnects with backoff; never returns early on
 /// remote errors. A bridge whose settings are invalid logs why and waits for shutdown.
-pub async fn run(broker: Broker, config: BridgeConfig, shutdown: CancellationToken) {
+///
+/// `attached` is sent once the bridge's local session is attached and subscribed (or
+/// dropped if the bridge cannot start), so the broker can hold its listeners until then:
+/// a message published at start-up must not miss the bridge's subscriptions.
+pub async fn run(
+    broker: Broker,
+    config: BridgeConfig,
+    shutdown: CancellationToken,
+    attached: tokio::sync::oneshot::Sender<()>,
+) {
     let problems = validate(&config);
     if !problems.is_empty() {
         for problem in &problems {
@@ -74,7 +83,7 @@ pub async fn run(broker: Broker, config: BridgeConfig, shutdown: CancellationTok
         plan,
         bridge_bit: true,
     };
-    bridge.run(shutdown).await;
+    bridge.run(shutdown, attached).await;
 }
 
 /// Pure checks of a bridge config: every problem, each as `field: what to do`, with the
@@ -1248,7 +1257,12 @@ async fn wait_until(at: Option<Instant>) {
 }
 
 impl Bridge {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        attached: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut attached = Some(attached);
         let name = self.plan.config.connection.clone();
         self.set_state(false).await;
         let mut backoff = Backoff::new(&self.plan.config);
@@ -1258,12 +1272,17 @@ impl Bridge {
                 opened = self.open_local() => opened,
             };
             match opened {
-                Ok(local) => match self.serve(local, &shutdown, &mut backoff).await {
-                    Served::Shutdown => break,
-                    Served::LocalLost(why) => {
-                        tracing::warn!(bridge = %name, "link to the built-in broker lost: {why}");
+                Ok(local) => {
+                    if let Some(attached) = attached.take() {
+                        let _ = attached.send(());
                     }
-                },
+                    match self.serve(local, &shutdown, &mut backoff).await {
+                        Served::Shutdown => break,
+                        Served::LocalLost(why) => {
+                            tracing::warn!(bridge = %name, "link to the built-in broker lost: {why}");
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(bridge = %name, "cannot attach to the built-in broker: {e}")
                 }
