@@ -93,7 +93,8 @@ pub enum Command {
     /// Manage a Mosquitto password file: add or change a user, delete one (-D), or hash
     /// a plain-text file (-U), as mosquitto_passwd does
     Passwd(passwd::PasswdArgs),
-    /// WebAssembly plugin tools: check a module against the plugin ABI
+    /// WebAssembly plugin tools: start a plugin project, build it, check a module
+    /// against the plugin ABI
     Plugin {
         /// What to do
         #[command(subcommand)]
