@@ -1,5 +1,5 @@
 //! `/api/flows`: the loaded flows, their nodes' state and counters, message injection,
-//! and `/api/reload` (not built yet: answers 501).
+//! and `/api/reload` (hot reload: what changed, or the located errors).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -25,8 +25,17 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/flows", get(list_flows))
         .route("/api/flows/{flow}/nodes", get(list_nodes))
         .route("/api/flows/{flow}/nodes/{node}/inject", post(inject))
-        .route("/api/reload", post(reload))
 }
+
+/// `POST /api/reload`, outside the common request timeout: a reload drains the flows it
+/// replaces, which may take up to the drain deadline.
+pub(super) fn reload_router() -> Router<AppState> {
+    Router::new().route("/api/reload", post(reload))
+}
+
+/// Longest `POST /api/reload` waits for the outcome (loading, draining, starting);
+/// past it the answer is 504 and the outcome is in the log.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
 /// A node state as the API names it.
 pub(super) fn state_name(state: NodeState) -> &'static str {
@@ -242,10 +251,57 @@ async fn inject(
     ))
 }
 
-/// Hot reload is not built yet; the route exists so clients get a clear answer.
-async fn reload() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "reloading flows over the API is not available yet; restart the process to load changed flow files",
-    )
+/// Reloads the flow files: 200 with what was added, removed, changed and left alone, or
+/// 422 with every located error (nothing changed then).
+async fn reload(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    use crate::engine::reload::{ReloadError, ReloadOutcome, Trigger};
+    let Some(reloads) = state.reloads() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process cannot reload its flows; restart the process to load changed flow files",
+        ));
+    };
+    let outcome = match tokio::time::timeout(RELOAD_WAIT, reloads.reload(Trigger::Api)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(ReloadError::Busy)) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ReloadError::Busy.to_string(),
+            ));
+        }
+        Ok(Err(ReloadError::Closed)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ReloadError::Closed.to_string(),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the reload did not finish within {} s (flows still draining); its result will be in the log",
+                    RELOAD_WAIT.as_secs()
+                ),
+            ));
+        }
+    };
+    let status = match &outcome {
+        ReloadOutcome::Applied { .. } => StatusCode::OK,
+        ReloadOutcome::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let mut body = serde_json::to_value(&outcome)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let ReloadOutcome::Invalid { errors } = &outcome {
+        // The API's error shape (`error`), with the located list beside it.
+        let first = errors
+            .first()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        body["error"] = format!(
+            "the flow files have {} error{}, nothing was changed; fix them and reload again{first}",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        )
+        .into();
+    }
+    Ok((status, Json(body)))
 }

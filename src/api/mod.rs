@@ -45,7 +45,7 @@ use crate::store::Store;
 /// Largest request body accepted (an injected message with its JSON envelope).
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// Longest a request other than the tap may take; an injection into a full `block`
+/// Longest a request other than the tap and a reload may take; an injection into a full `block`
 /// edge gives up earlier ([`flows::INJECT_WAIT`]).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -163,6 +163,8 @@ pub struct ApiContext {
     pub shutdown: CancellationToken,
     /// Permits for broker taps ([`tap::MAX_BROKER_TAPS`]).
     broker_taps: Arc<tokio::sync::Semaphore>,
+    /// Where `POST /api/reload` asks for a reload; unset where nothing can reload.
+    reloads: std::sync::OnceLock<crate::engine::reload::Reloads>,
 }
 
 /// The router's state: one `Arc` per request.
@@ -197,6 +199,7 @@ impl ApiContext {
             refused_logged_at: std::sync::Mutex::new(None),
             shutdown: CancellationToken::new(),
             broker_taps: Arc::new(tokio::sync::Semaphore::new(tap::MAX_BROKER_TAPS)),
+            reloads: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,6 +211,16 @@ impl ApiContext {
     /// Replaces what runs (the hook for hot reload).
     pub fn set_graph(&self, graph: Graph) {
         *self.graph.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(graph);
+    }
+
+    /// Lets `POST /api/reload` ask `run` for reloads (set once; later calls are ignored).
+    pub fn set_reloads(&self, reloads: crate::engine::reload::Reloads) {
+        let _ = self.reloads.set(reloads);
+    }
+
+    /// Where reloads are asked for, if this process can reload.
+    pub fn reloads(&self) -> Option<&crate::engine::reload::Reloads> {
+        self.reloads.get()
     }
 
     /// Flips `/readyz`: `None` is ready, `Some(reason)` is not.
@@ -268,6 +281,8 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .merge(tap::router())
+        // A reload drains the flows it replaces: it has its own, longer bound.
+        .merge(flows::reload_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

@@ -843,3 +843,75 @@ async fn a_node_tap_with_a_topic_filter_shows_only_matching_messages() {
     })
     .await;
 }
+
+/// `POST /api/reload` hands the request to whoever reloads (here a stand-in for `run`)
+/// and answers with its outcome: 200 with the changes, 422 with located errors in the
+/// API's error shape, 503 once nothing takes reloads any more.
+#[tokio::test]
+async fn reload_answers_with_the_outcome_of_the_reloading_task() {
+    use crate::engine::reload::{FlowChanges, LocatedError, ReloadOutcome, Reloads, Trigger};
+    let f = Fixture::start(None).await;
+    let (reloads, mut requests) = Reloads::channel();
+    f.state.set_reloads(reloads);
+    let answers = tokio::spawn(async move {
+        let mut outcomes = vec![
+            ReloadOutcome::Applied {
+                changes: FlowChanges {
+                    changed: vec!["demo".into()],
+                    unchanged: vec!["other".into()],
+                    ..FlowChanges::default()
+                },
+                drain_timed_out: vec![],
+                restart_needed: vec!["broker settings changed: restart needed".into()],
+            },
+            ReloadOutcome::Invalid {
+                errors: vec![LocatedError {
+                    file: "f.yaml".into(),
+                    line: Some(4),
+                    col: Some(13),
+                    message: "unknown node type `fliter`".into(),
+                    headline: "f.yaml:4:13: unknown node type `fliter`".into(),
+                }],
+            },
+        ]
+        .into_iter();
+        // Two requests answered, then the reloading side goes away.
+        for _ in 0..2 {
+            let request = requests.recv().await.unwrap();
+            assert_eq!(request.trigger, Trigger::Api);
+            let _ = request.reply.unwrap().send(outcomes.next().unwrap());
+        }
+    });
+    let post = || Request::post("/api/reload").body(Body::empty()).unwrap();
+
+    let (status, _, body) = f.call(post()).await;
+    assert_eq!(status, StatusCode::OK);
+    let applied: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(applied["result"], "applied");
+    assert_eq!(applied["changed"], serde_json::json!(["demo"]));
+    assert_eq!(applied["unchanged"], serde_json::json!(["other"]));
+    assert_eq!(applied["added"], serde_json::json!([]));
+    assert_eq!(
+        applied["restart_needed"],
+        serde_json::json!(["broker settings changed: restart needed"])
+    );
+
+    let (status, _, body) = f.call(post()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The API's error shape, with the located list beside the message.
+    let invalid: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let message = invalid["error"].as_str().expect("an `error` string");
+    assert!(
+        message.contains("1 error, nothing was changed")
+            && message.contains("f.yaml:4:13: unknown node type `fliter`"),
+        "{message}"
+    );
+    assert_eq!(invalid["result"], "invalid");
+    assert_eq!(invalid["errors"][0]["line"], 4);
+    assert_eq!(invalid["errors"][0]["col"], 13);
+
+    answers.await.unwrap();
+    let (status, _, body) = f.call(post()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&body, "shutting down");
+}

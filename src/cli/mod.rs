@@ -50,6 +50,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run flows until SIGINT or SIGTERM
+    ///
+    /// SIGHUP, `POST /api/reload` or a change of a flow file (or of a script or plugin
+    /// file a flow reads; polled every second, `reload: { watch: false }` turns it off)
+    /// reloads the flows: the files are checked first, then only the flows that changed
+    /// are restarted. See docs/reload.md.
     Run {
         /// Flow files (YAML); each flow is loaded and checked on its own
         #[arg(required = true, value_name = "FILE")]

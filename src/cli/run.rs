@@ -1,10 +1,14 @@
-//! `headwater run`: load and check the flows, start the engine, stop on SIGINT/SIGTERM.
+//! `headwater run`: load and check the flows, start the engine, reload changed flows on
+//! SIGHUP, `POST /api/reload` or a change of a watched file, stop on SIGINT/SIGTERM.
+
+mod reload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::engine::reload::{ReloadRequest, Reloads, Trigger};
 use crate::engine::{Clock, Engine, EngineOptions, ShutdownReport, StateStore};
 use crate::flow::{self, interpolate::ProcessEnv};
 
@@ -43,6 +47,9 @@ pub fn run(
     let runtime = super::runtime("headwater")?;
     runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
+        // Listened for before anything starts: SIGHUP's default action ends the process.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
         let api_socket = crate::api::bind_configured(&api_config, api_explicit).await?;
         let flows: Vec<&str> = set.flows.iter().map(|f| f.name.as_str()).collect();
         tracing::info!(flows = ?flows, data_dir = %data_dir.display(), "starting");
@@ -54,7 +61,8 @@ pub fn run(
             Some(config) => Some(super::broker::start(config, store.clone()).await?),
             None => None,
         };
-        let engine = Engine::start(
+        let mut reloader = reload::Reloader::new(files, data_dir.clone(), clock.clone(), &set);
+        let mut engine = Engine::start(
             plan,
             EngineOptions {
                 clock: clock.clone(),
@@ -64,27 +72,53 @@ pub fn run(
                 ..EngineOptions::default()
             },
         );
+        let (reloads, mut reload_requests) = Reloads::channel();
         let api = api_socket.map(|bound| {
             let graph = crate::api::Graph {
                 flows: crate::api::FlowInfo::from_set(&set),
                 nodes: engine.nodes().to_vec(),
             };
-            crate::api::start(bound, graph, broker.clone(), Some(store.clone()), clock)
+            let api = crate::api::start(bound, graph, broker.clone(), Some(store.clone()), clock);
+            api.state.set_reloads(reloads.clone());
+            api
         });
         let notify = super::notify::Notifier::from_env();
         notify.ready(&format!("running {} flows", flows.len()));
-        // With the broker running the process serves clients even when no flow node is
-        // left (a settings file with `flows: {}`), until a signal.
-        let flows_done = async {
-            engine.finished().await;
-            if broker.is_some() {
-                std::future::pending::<()>().await;
+        drop(set);
+        let mut poll = tokio::time::interval(reloader.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reason = loop {
+            // With the broker running the process serves clients even when no flow node
+            // is left (a settings file with `flows: {}`), until a signal.
+            let request = tokio::select! {
+                signal = signals.recv() => break signal,
+                () = async {
+                    engine.finished().await;
+                    if broker.is_some() {
+                        std::future::pending::<()>().await;
+                    }
+                } => break "every node finished",
+                Some(request) = reload_requests.recv() => request,
+                Some(()) = hangup.recv() => ReloadRequest { trigger: Trigger::Signal, reply: None },
+                _ = poll.tick(), if reloader.watcher.is_some() => {
+                    match reloader.watcher.as_mut().and_then(|w| w.poll()) {
+                        Some(path) => ReloadRequest {
+                            trigger: Trigger::FileChanged(path.display().to_string()),
+                            reply: None,
+                        },
+                        None => continue,
+                    }
+                }
+            };
+            let outcome = reloader
+                .reload(request.trigger, &mut engine, api.as_ref())
+                .await;
+            if let Some(reply) = request.reply {
+                let _ = reply.send(outcome);
             }
         };
-        let reason = tokio::select! {
-            signal = signals.recv() => signal,
-            () = flows_done => "every node finished",
-        };
+        // Reloads asked for from now on are refused (503), not left waiting.
+        drop(reload_requests);
         tracing::info!("shutting down: {reason}");
         if let Some(api) = &api {
             api.not_ready("shutting down");

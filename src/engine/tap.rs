@@ -114,6 +114,17 @@ impl TapPoint {
         })
     }
 
+    /// Moves the watchers of `old` here (a hot reload replaced the node): their taps go
+    /// on showing the node's messages. Beyond [`MAX_WATCHERS`] the rest end.
+    pub fn adopt_watchers(&self, old: &TapPoint) {
+        let moved: Vec<Watcher> = std::mem::take(&mut *old.lock());
+        old.watchers.store(0, Ordering::Relaxed);
+        let mut list = self.lock();
+        list.extend(moved.into_iter().filter(|w| !w.events.is_closed()));
+        list.truncate(MAX_WATCHERS);
+        self.watchers.store(list.len(), Ordering::Relaxed);
+    }
+
     /// Offers a copy of `msg` leaving on `port` to every watcher, never waiting.
     pub fn offer(&self, port: &Arc<str>, msg: &Msg) {
         let mut list = self.lock();

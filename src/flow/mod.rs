@@ -5,6 +5,7 @@
 //! `check` and `run` share it, so what `check` accepts is exactly what `run` starts.
 
 pub mod diag;
+pub mod fingerprint;
 pub mod interpolate;
 pub mod schema;
 pub mod tree;
@@ -59,6 +60,8 @@ pub struct Settings {
     /// `api:`, the admin API (defaults when absent); `token_file` resolved against the
     /// settings file.
     pub api: Option<crate::api::ApiConfig>,
+    /// `reload:`, how `run` watches its files (defaults when absent).
+    pub reload: Option<crate::engine::reload::ReloadConfig>,
 }
 
 /// A loaded, validated set of flow files.
@@ -103,6 +106,14 @@ pub struct NodeDef {
     pub buffer: Option<(BufferSettings, Pos)>,
     /// The node's mapping, for locating build errors.
     tree: Node,
+}
+
+impl NodeDef {
+    /// The node's own options (without `type`, `inputs` and the other common keys) as
+    /// JSON, after interpolation: what a hot reload compares.
+    pub fn options_json(&self) -> serde_json::Value {
+        self.tree.to_json()
+    }
 }
 
 /// One resolved input of a node.
@@ -196,12 +207,12 @@ impl Loader {
                     }
                 }
                 "flows" => self.flows(file, value),
-                "data_dir" | "broker" | "mosquitto_conf" | "api" => {
+                "data_dir" | "broker" | "mosquitto_conf" | "api" | "reload" => {
                     self.settings(file, &key.name, key.pos, value)
                 }
                 other => {
                     let message = format!(
-                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker`, `mosquitto_conf`, `api` or `data_dir`",
+                        "unknown top-level key `{other}`{}; expected `version`, `flows`, `broker`, `mosquitto_conf`, `api`, `reload` or `data_dir`",
                         suggest(
                             other,
                             &[
@@ -210,6 +221,7 @@ impl Loader {
                                 "broker",
                                 "mosquitto_conf",
                                 "api",
+                                "reload",
                                 "data_dir"
                             ]
                         )
@@ -255,6 +267,10 @@ impl Loader {
         }
         if key == "api" {
             self.api_settings(file, value);
+            return;
+        }
+        if key == "reload" {
+            self.reload_settings(file, value);
             return;
         }
         let Some(path) = value.as_str() else {
@@ -309,6 +325,25 @@ impl Loader {
             self.error(file, pos, format!("`api.{}`: {}", issue.key, issue.message));
         }
         self.settings.api = Some(config);
+    }
+
+    fn reload_settings(&mut self, file: &Arc<SourceFile>, value: &Node) {
+        use crate::engine::reload::ReloadConfig;
+        match serde_path_to_error::deserialize::<_, ReloadConfig>(value.to_json()) {
+            Ok(config) => {
+                for (key, message) in config.validate() {
+                    let pos = value.get(key).map_or(value.pos, |n| n.pos);
+                    self.error(file, pos, format!("`reload.{key}`: {message}"));
+                }
+                self.settings.reload = Some(config);
+            }
+            Err(e) => {
+                let path = tree::parse_error_path(e.path());
+                let message = serde_message(&e.into_inner().to_string());
+                let pos = unknown_field_pos(value, &path, &message);
+                self.error(file, pos, format!("`reload`: {message}"));
+            }
+        }
     }
 
     fn broker_settings(&mut self, file: &Arc<SourceFile>, value: &Node) {

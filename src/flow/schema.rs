@@ -68,6 +68,8 @@ pub fn flow_file_schema() -> Value {
     defs.insert("BrokerConfig".into(), broker);
     let api = crate::api::ApiConfig::json_schema(&mut generator).to_value();
     defs.insert("ApiConfig".into(), api);
+    let reload = crate::engine::reload::ReloadConfig::json_schema(&mut generator).to_value();
+    defs.insert("ReloadConfig".into(), reload);
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
     }
@@ -107,6 +109,7 @@ pub fn flow_file_schema() -> Value {
             "mosquitto_conf": { "type": "string", "description": "A mosquitto.conf that configures the built-in broker instead of `broker:` (relative to this file)" },
             "broker": { "$ref": "#/$defs/BrokerConfig" },
             "api": { "$ref": "#/$defs/ApiConfig" },
+            "reload": { "$ref": "#/$defs/ReloadConfig" },
             "flows": {
                 "type": "object",
                 "description": "Flows by name",
