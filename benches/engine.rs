@@ -5,6 +5,10 @@
 //! - `builtins3`: source -> filter -> change -> switch -> sink
 //! - `passthrough3`: source -> three no-op transforms -> sink, the engine's own cost
 //!   per edge (four edges per message)
+//! - `state/script_set_per_message`: source -> script that increments a counter with
+//!   `state.set` on every message -> sink, with the node's state in a real store file
+//!   (fsync on), as `headwater run` keeps it. `STATE_MESSAGES=N` sets the count
+//!   (default 20000).
 //!
 //! Run: `cargo bench --bench engine`. Numbers go to docs/benchmarks.md.
 
@@ -81,6 +85,16 @@ fn pass_node(name: &str, from: &str) -> NodePlan {
 /// Runs `count` messages through `middle` (the last node is named `last`) and waits
 /// until the sink has counted all of them.
 async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>) {
+    run_with(middle, count, payloads, EngineOptions::default()).await;
+}
+
+/// [`run`] with chosen engine options (a durable state store).
+async fn run_with(
+    middle: Vec<NodePlan>,
+    count: u64,
+    payloads: Arc<Vec<bytes::Bytes>>,
+    options: EngineOptions,
+) {
     let done = Arc::new(Notify::new());
     let seen = Arc::new(AtomicU64::new(0));
     let source: Arc<dyn NodeFactory> = Arc::new(move |cx: NodeContext| -> NodeFuture {
@@ -137,7 +151,7 @@ async fn run(middle: Vec<NodePlan>, count: u64, payloads: Arc<Vec<bytes::Bytes>>
                 nodes,
             }],
         },
-        EngineOptions::default(),
+        options,
     );
     done.notified().await;
     engine.shutdown().await;
@@ -212,6 +226,39 @@ fn benches(c: &mut Criterion) {
                 "source",
             )];
             runtime.block_on(run(middle, MESSAGES, payloads()));
+        });
+    });
+    group.finish();
+
+    // State written on every message, on a real store file: each batch's writes are one
+    // durable commit before its messages go on.
+    let state_messages: u64 = std::env::var("STATE_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = headwater::store::Store::open(headwater::store::StoreOptions {
+        path: Some(dir.path().join("store.redb")),
+        ..Default::default()
+    })
+    .unwrap();
+    let state = headwater::engine::StateStore::new(store);
+    let mut group = c.benchmark_group("state");
+    group.throughput(Throughput::Elements(state_messages));
+    group.sample_size(10);
+    group.bench_function("script_set_per_message", |b| {
+        b.iter(|| {
+            let middle = vec![kind_node(
+                "last",
+                "script",
+                "rhai: 'state.set(\"n\", state.get(\"n\", 0) + 1); msg'",
+                "source",
+            )];
+            let options = EngineOptions {
+                state: state.clone(),
+                ..EngineOptions::default()
+            };
+            runtime.block_on(run_with(middle, state_messages, payloads(), options));
         });
     });
     group.finish();

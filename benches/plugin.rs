@@ -2,7 +2,9 @@
 //! for a no-op WebAssembly plugin, a no-op Rhai script and a native pass-through, at
 //! 64 B and 4 KiB payloads; the bare call into the plugin without the engine; and the
 //! start of a plugin whose machine code is cached (load from the cache, check,
-//! instantiate, `hw_init`).
+//! instantiate, `hw_init`); and `plugin_state/wasm_counter`: a plugin that counts
+//! every message in its key/value state (`tests/plugins/counter.wat`), on a real store
+//! file (fsync on). `STATE_MESSAGES=N` sets that count (default 20000).
 //!
 //! Run: `cargo bench --bench plugin`. Numbers go to docs/benchmarks.md (## Plugins).
 
@@ -79,6 +81,11 @@ fn native_node() -> NodePlan {
 
 /// Runs `count` messages of `payload` through `middle` into a counting sink.
 async fn run(middle: NodePlan, count: u64, payload: Bytes) {
+    run_with(middle, count, payload, EngineOptions::default()).await;
+}
+
+/// [`run`] with chosen engine options (a durable state store).
+async fn run_with(middle: NodePlan, count: u64, payload: Bytes, options: EngineOptions) {
     let done = Arc::new(Notify::new());
     let seen = Arc::new(AtomicU64::new(0));
     let source: Arc<dyn NodeFactory> = Arc::new(move |cx: NodeContext| -> NodeFuture {
@@ -136,7 +143,7 @@ async fn run(middle: NodePlan, count: u64, payload: Bytes) {
                 nodes,
             }],
         },
-        EngineOptions::default(),
+        options,
     );
     done.notified().await;
     engine.shutdown().await;
@@ -153,8 +160,13 @@ fn payload(size: usize) -> Bytes {
 }
 
 fn passthrough_module(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/passthrough.wat");
-    let path = dir.join("passthrough.wasm");
+    test_module(dir, "passthrough")
+}
+
+/// `tests/plugins/NAME.wat` compiled into `dir/NAME.wasm`.
+fn test_module(dir: &Path, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/plugins/{name}.wat"));
+    let path = dir.join(format!("{name}.wasm"));
     std::fs::write(&path, wat::parse_file(source).unwrap()).unwrap();
     path
 }
@@ -190,6 +202,34 @@ fn benches(c: &mut Criterion) {
             b.iter(|| runtime.block_on(run(native_node(), MESSAGES, bytes.clone())));
         });
     }
+    group.finish();
+
+    // A plugin writing its state on every message, on a real store file: each batch's
+    // writes are one durable commit before its messages go on.
+    let state_messages: u64 = std::env::var("STATE_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let counter = test_module(dir.path(), "counter");
+    let store = headwater::store::Store::open(headwater::store::StoreOptions {
+        path: Some(dir.path().join("store.redb")),
+        ..Default::default()
+    })
+    .unwrap();
+    let state = headwater::engine::StateStore::new(store);
+    let mut group = c.benchmark_group("plugin_state");
+    group.throughput(Throughput::Elements(state_messages));
+    group.sample_size(10);
+    group.bench_function("wasm_counter", |b| {
+        b.iter(|| {
+            let node = kind_node("wasm", &format!("plugin: {}", counter.display()), &data);
+            let options = EngineOptions {
+                state: state.clone(),
+                ..EngineOptions::default()
+            };
+            runtime.block_on(run_with(node, state_messages, payload(64), options));
+        });
+    });
     group.finish();
 
     // The bare call: write the record, hw_alloc, hw_on_message (one emit copied out),

@@ -102,11 +102,50 @@ impl Drop for AckBranch {
     }
 }
 
-/// Process-unique message ids: a random-ish prefix per process start plus a counter, so
-/// that sinks can upsert on them.
+/// Low bits of a message id that count messages within one epoch second: an id is
+/// `epoch << ID_COUNTER_BITS` plus a counter, where the epoch is the run's start in
+/// seconds since [`ID_EPOCH_START_S`]. A run whose counter outgrows its second simply
+/// continues into the next seconds' ids; the next run starts at its own start time
+/// (or later, see [`begin_id_epoch`]), which is above them unless the run made more than
+/// 2^23 (8.4 million) messages per second of its uptime. 30 bits of seconds (until
+/// 2059) and 23 bits of count keep ids below 2^53: exact as JSON numbers in JavaScript,
+/// and positive as the `i64` of SQL integers and Rhai.
+const ID_COUNTER_BITS: u32 = 23;
+/// 2025-01-01T00:00:00Z in seconds since the Unix epoch: where id epochs count from.
+const ID_EPOCH_START_S: u64 = 1_735_689_600;
+
+/// The next id to hand out. 0 until the first id: the first caller raises it to the
+/// clock's epoch ([`clock_epoch`]); the store's claim ([`begin_id_epoch`]) may raise it
+/// further. It never goes down, so ids are unique within the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Message ids unique across runs of the process (see [`ID_COUNTER_BITS`]), so sinks
+/// can upsert on them: one relaxed increment, plus a one-time start.
 fn next_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    if id >= 1 << ID_COUNTER_BITS {
+        return id;
+    }
+    // The first ids of the process: start at the clock's epoch, then take a fresh one.
+    begin_id_epoch(clock_epoch());
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The id epoch the clock gives now: whole seconds since [`ID_EPOCH_START_S`], at least 1
+/// (a clock before 2025 is wrong, and epoch 0 is "not started").
+pub(crate) fn clock_epoch() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_sub(ID_EPOCH_START_S).max(1)
+}
+
+/// Makes every later id at least `epoch << ID_COUNTER_BITS`. Called once per start with
+/// an epoch stored durably in the process's store (`engine::state::claim_id_epoch`), so
+/// a restart within the same second, or after the clock went back, still cannot repeat
+/// the previous run's ids.
+pub(crate) fn begin_id_epoch(epoch: u64) {
+    NEXT_ID.fetch_max(epoch << ID_COUNTER_BITS, Ordering::Relaxed);
 }
 
 /// The payload parsed as JSON, remembered with the exact buffer it was parsed from.
@@ -379,6 +418,29 @@ mod tests {
         assert_eq!(set.payload_str(), Some(r#"{"b":true}"#));
         assert_eq!(set.payload_json().unwrap()["b"], true);
         assert!(Msg::new("t", "not json", 0).payload_json().is_none());
+    }
+
+    #[test]
+    fn ids_start_at_the_epoch_and_never_repeat() {
+        let first = Msg::new("t", "p", 0).id;
+        assert!(
+            first >= clock_epoch().saturating_sub(1) << ID_COUNTER_BITS,
+            "ids start at this second's epoch: {first}"
+        );
+        assert!(first < 1 << 53, "ids stay exact as JSON numbers: {first}");
+        // A later start (the store's claim) moves every later id above it; an earlier one
+        // never moves ids back.
+        let later = clock_epoch() + 1000;
+        begin_id_epoch(later);
+        let after = Msg::new("t", "p", 0).id;
+        assert!(after >= later << ID_COUNTER_BITS);
+        begin_id_epoch(1);
+        let again = Msg::new("t", "p", 0).id;
+        assert!(again > after);
+        // Fan-out copies and derived messages share the id.
+        let msg = Msg::new("t", "p", 0);
+        assert_eq!(msg.clone().id, msg.id);
+        assert_eq!(msg.derive("u", "q").id, msg.id);
     }
 
     #[test]

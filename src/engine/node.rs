@@ -322,6 +322,7 @@ impl Outputs {
                     }
                 }
                 Emitted::Error(msg, reason) => self.emit_error(msg, reason).await,
+                Emitted::Done(msg) => msg.done(),
             }
         }
     }
@@ -374,6 +375,8 @@ pub struct Emit {
 enum Emitted {
     Msg(PortId, Msg),
     Error(Msg, String),
+    /// Ended on purpose (filtered out); the verdict waits for the batch like an output.
+    Done(Msg),
 }
 
 impl Emit {
@@ -390,6 +393,26 @@ impl Emit {
     /// Sends `msg` to the error port (or fails it) with `reason`.
     pub fn error(&mut self, msg: Msg, reason: impl fmt::Display) {
         self.items.push(Emitted::Error(msg, reason.to_string()));
+    }
+
+    /// Ends `msg` as done once the batch is done, not at once: for a transform that
+    /// drops a message after changing its state, so the source hears "done" only after
+    /// [`Transform::finish_batch`] saved that state.
+    pub fn done(&mut self, msg: Msg) {
+        self.items.push(Emitted::Done(msg));
+    }
+
+    /// Turns everything collected into failures with `reason`: messages to be passed on
+    /// or ended go to the error port (or fail) instead. For a batch whose state could not
+    /// be saved, so none of its messages is reported done.
+    pub fn fail_all(&mut self, reason: &str) {
+        self.items = std::mem::take(&mut self.items)
+            .into_iter()
+            .map(|item| match item {
+                Emitted::Msg(_, msg) | Emitted::Done(msg) => Emitted::Error(msg, reason.into()),
+                failed @ Emitted::Error(..) => failed,
+            })
+            .collect();
     }
 
     /// Whether nothing was collected.
@@ -442,14 +465,44 @@ impl NodeContext {
 /// in batches (see [`run_transform`]). Most built-ins are of this kind.
 pub trait Transform: Send + 'static {
     /// Handles one message. Every message must get an outcome: passed on via `out`,
-    /// sent to the error port, or ended with [`Msg::done`].
+    /// sent to the error port, or ended with [`Msg::done`] (or [`Emit::done`] when the
+    /// verdict must wait for [`Transform::finish_batch`]).
     fn process(&mut self, msg: Msg, out: &mut Emit);
+
+    /// Ends a batch: called once after `process` ran for the batch's messages and
+    /// *before* anything they collected in `Emit` is sent on or ended. The default does
+    /// nothing.
+    ///
+    /// A transform with durable state (scripts, plugins) holds the batch's writes in
+    /// memory ([`super::state::StagedKv`]) and commits them here in one atomic, durable
+    /// commit instead of one fsync per message. Why that is safe: a source is told a
+    /// message is done only after every message derived from it was committed by a sink,
+    /// ended or failed downstream, which can only happen after it left this node, which
+    /// happens only after this method returned. So when kill -9 loses a write that was
+    /// not committed yet, it also loses every message that write could have been derived
+    /// into, and none of them was acknowledged: their sources deliver them again.
+    ///
+    /// `Err` fails the batch: every message collected in `Emit` goes to the error port
+    /// (or fails) with the error as reason instead of being passed on or ended, so no
+    /// message whose state change was lost is reported done. The transform must leave
+    /// its in-memory view consistent with what is stored (drop what it held).
+    ///
+    /// Also called after a panic in `process`, for the messages processed before it
+    /// (their outputs are sent on): commit only the writes of messages whose `process`
+    /// returned, never those of the message that panicked (the node then restarts).
+    ///
+    /// It runs where `process` runs: on the blocking pool under
+    /// [`run_transform_blocking`], where waiting for the disk is fine; on a runtime
+    /// worker under [`run_transform`], where it must not block.
+    fn finish_batch(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
 }
 
-/// Drives a [`Transform`]: takes batches from the inbox, processes them, flushes the
-/// outputs. A panic in `process` fails that one message, puts the unprocessed rest of
-/// the batch back, and ends the run with an error so the supervisor restarts the node
-/// with fresh state.
+/// Drives a [`Transform`]: takes batches from the inbox, processes them, ends the batch
+/// ([`Transform::finish_batch`]), flushes the outputs. A panic in `process` fails that
+/// one message, puts the unprocessed rest of the batch back, and ends the run with an
+/// error so the supervisor restarts the node with fresh state.
 pub async fn run_transform<T: Transform>(
     mut transform: T,
     cx: NodeContext,
@@ -467,14 +520,15 @@ pub async fn run_transform<T: Transform>(
         let started = std::time::Instant::now();
         let result = process_batch(&mut transform, &mut batch, &mut emit);
         cx.stats.processing.observe_many(started.elapsed(), count);
-        finish_batch(&cx, &mut inbox, &mut emit, result).await?;
+        send_batch(&cx, &mut inbox, &mut emit, result).await?;
     }
 }
 
 /// Like [`run_transform`], for transforms that run user code (Rhai, WASM): each batch
-/// runs on tokio's blocking pool, never on the runtime's workers, so a slow script cannot
-/// stall the broker or other flows. At most as many batches run at once, process-wide,
-/// as the machine has cores.
+/// (with its [`Transform::finish_batch`]) runs on tokio's blocking pool, never on the
+/// runtime's workers, so a slow script or a state commit cannot stall the broker or
+/// other flows. At most as many batches run at once, process-wide, as the machine has
+/// cores.
 pub async fn run_transform_blocking<T: Transform>(
     transform: T,
     cx: NodeContext,
@@ -512,7 +566,7 @@ pub async fn run_transform_blocking<T: Transform>(
         // means the runtime is shutting down and took the batch with it.
         let (transform, batch, mut emit, result) =
             joined.map_err(|e| NodeError::new(format!("batch task lost: {e}")))?;
-        finish_batch(&cx, &mut inbox, &mut emit, result).await?;
+        send_batch(&cx, &mut inbox, &mut emit, result).await?;
         state = (transform, batch, emit);
     }
 }
@@ -537,32 +591,51 @@ struct Poisoned {
     error: NodeError,
 }
 
-/// Processes `batch` (emptied) into `emit`, stopping at the first panic.
+/// Processes `batch` (emptied) into `emit`, stopping at the first panic, then ends the
+/// batch with [`Transform::finish_batch`] (after a panic too, for the messages processed
+/// before it). A failed `finish_batch` turns the batch's outputs into failures; one that
+/// panics does too, and ends the run like a panic in `process`.
 fn process_batch<T: Transform>(
     transform: &mut T,
     batch: &mut Vec<Msg>,
     emit: &mut Emit,
 ) -> Result<(), Poisoned> {
+    let mut result = Ok(());
     let mut pending = batch.drain(..);
     while let Some(msg) = pending.next() {
         let poison = (msg.topic.clone(), msg.id);
-        let result = catch_unwind(AssertUnwindSafe(|| transform.process(msg, emit)));
-        if let Err(panic) = result {
+        let outcome = catch_unwind(AssertUnwindSafe(|| transform.process(msg, emit)));
+        if let Err(panic) = outcome {
             let reason = panic_message(&*panic);
-            return Err(Poisoned {
+            result = Err(Poisoned {
                 rest: pending.collect(),
                 error: NodeError(format!(
                     "panicked on message {} (topic {}): {reason}",
                     poison.1, poison.0
                 )),
             });
+            break;
         }
     }
-    Ok(())
+    match catch_unwind(AssertUnwindSafe(|| transform.finish_batch())) {
+        Ok(Ok(())) => result,
+        Ok(Err(e)) => {
+            emit.fail_all(&e.0);
+            result
+        }
+        Err(panic) => {
+            let reason = format!("panicked ending a batch: {}", panic_message(&*panic));
+            emit.fail_all(&reason);
+            result.and(Err(Poisoned {
+                rest: Vec::new(),
+                error: NodeError(reason),
+            }))
+        }
+    }
 }
 
 /// Sends a batch's outputs; after a panic, puts the unprocessed messages back first.
-async fn finish_batch(
+async fn send_batch(
     cx: &NodeContext,
     inbox: &mut Inbox,
     emit: &mut Emit,
@@ -589,5 +662,130 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passes every message on; panics on payload `boom`; `finish_batch` answers with
+    /// `finish` (or panics when it is `Some("panic")`).
+    struct Recorder {
+        finished: u32,
+        finish: Option<&'static str>,
+    }
+
+    impl Transform for Recorder {
+        fn process(&mut self, msg: Msg, out: &mut Emit) {
+            assert!(&*msg.payload != b"boom", "boom payload");
+            if &*msg.payload == b"drop" {
+                out.done(msg);
+            } else {
+                out.out(msg);
+            }
+        }
+
+        fn finish_batch(&mut self) -> Result<(), NodeError> {
+            self.finished += 1;
+            match self.finish {
+                None => Ok(()),
+                Some("panic") => panic!("commit bug"),
+                Some(reason) => Err(NodeError::new(reason)),
+            }
+        }
+    }
+
+    fn batch(payloads: &[&'static str]) -> Vec<Msg> {
+        payloads.iter().map(|p| Msg::new("t", *p, 0)).collect()
+    }
+
+    /// What `emit` holds: `out:PAYLOAD`, `done:PAYLOAD` or `error:PAYLOAD:REASON`.
+    fn shown(emit: &Emit) -> Vec<String> {
+        let text = |m: &Msg| String::from_utf8_lossy(&m.payload).into_owned();
+        emit.items
+            .iter()
+            .map(|item| match item {
+                Emitted::Msg(_, m) => format!("out:{}", text(m)),
+                Emitted::Done(m) => format!("done:{}", text(m)),
+                Emitted::Error(m, reason) => format!("error:{}:{reason}", text(m)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_ends_with_finish_batch_before_anything_is_sent() {
+        let mut t = Recorder {
+            finished: 0,
+            finish: None,
+        };
+        let mut emit = Emit::default();
+        let mut msgs = batch(&["a", "drop", "b"]);
+        assert!(process_batch(&mut t, &mut msgs, &mut emit).is_ok());
+        assert_eq!(t.finished, 1);
+        assert_eq!(shown(&emit), ["out:a", "done:drop", "out:b"]);
+    }
+
+    #[test]
+    fn a_failed_finish_fails_every_message_of_the_batch() {
+        let mut t = Recorder {
+            finished: 0,
+            finish: Some("disk full"),
+        };
+        let mut emit = Emit::default();
+        emit.error(Msg::new("t", "earlier", 0), "script error");
+        let mut msgs = batch(&["a", "drop"]);
+        assert!(process_batch(&mut t, &mut msgs, &mut emit).is_ok());
+        assert_eq!(
+            shown(&emit),
+            [
+                "error:earlier:script error",
+                "error:a:disk full",
+                "error:drop:disk full"
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_panic_the_batch_still_ends_and_the_rest_goes_back() {
+        let mut t = Recorder {
+            finished: 0,
+            finish: None,
+        };
+        let mut emit = Emit::default();
+        let mut msgs = batch(&["a", "boom", "c"]);
+        let Err(poisoned) = process_batch(&mut t, &mut msgs, &mut emit) else {
+            panic!("the panic is reported");
+        };
+        assert_eq!(t.finished, 1, "the runs before the panic are committed");
+        assert_eq!(shown(&emit), ["out:a"]);
+        assert_eq!(poisoned.rest.len(), 1);
+        assert_eq!(poisoned.rest[0].payload, "c");
+        assert!(
+            poisoned.error.0.contains("boom payload"),
+            "{}",
+            poisoned.error
+        );
+
+        // A panic in `finish_batch` itself fails the batch and ends the run.
+        let mut t = Recorder {
+            finished: 0,
+            finish: Some("panic"),
+        };
+        let mut emit = Emit::default();
+        let mut msgs = batch(&["a"]);
+        let Err(poisoned) = process_batch(&mut t, &mut msgs, &mut emit) else {
+            panic!("the panic is reported");
+        };
+        assert!(poisoned.rest.is_empty());
+        assert_eq!(
+            poisoned.error.0, "panicked ending a batch: commit bug",
+            "{}",
+            poisoned.error
+        );
+        assert_eq!(
+            shown(&emit),
+            ["error:a:panicked ending a batch: commit bug"]
+        );
     }
 }

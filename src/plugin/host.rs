@@ -15,7 +15,7 @@ use wasmtime::{
 
 use super::abi::{self, emit_status, kv_status};
 use super::limits::{Limits, MemoryLimiter, duration_text, size_text};
-use crate::engine::{Clock, NodeId, state::NodeKv};
+use crate::engine::{Clock, NodeId, state::StagedKv};
 
 /// What the host functions need: per instance (node, clock, state) and per call (emits,
 /// pending kv writes, the first fault).
@@ -26,7 +26,8 @@ pub struct HostState {
     limits: Limits,
     node: NodeId,
     clock: Clock,
-    kv: Option<NodeKv>,
+    /// The node's state: the batch's staged writes in front of the store.
+    kv: Option<StagedKv>,
     log: LogLimiter,
     call: CallState,
 }
@@ -63,7 +64,8 @@ pub struct Emitted {
 pub struct CallOutput {
     /// The emits, in order.
     pub emits: Vec<Emitted>,
-    /// The kv writes to commit before the emits are sent (`None`: delete).
+    /// The kv writes, to be committed before the emits are sent (`None`: delete). The
+    /// node stages them with the rest of its batch ([`StagedKv::stage`]).
     pub kv: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -381,8 +383,9 @@ pub struct Binding {
     pub node: NodeId,
     /// The engine's clock, for `now_ms`.
     pub clock: Clock,
-    /// The node's state, for `kv_get`; `None` reads nothing (plugin check).
-    pub kv: Option<NodeKv>,
+    /// The node's state, for `kv_get` (staged writes of the batch first, then the store);
+    /// `None` reads nothing (plugin check).
+    pub kv: Option<StagedKv>,
     /// Output port names (without `error`).
     pub ports: Vec<String>,
 }

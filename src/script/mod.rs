@@ -164,6 +164,10 @@ impl Script {
         };
         engine.set_module_resolver(FileModuleResolver::new_with_path(base_dir));
         state::register(&mut engine);
+        // Unit tests need a panic inside a script run (a host bug) to test the node's
+        // poison handling; no script outside the tests can call this.
+        #[cfg(test)]
+        engine.register_fn("test_panic", |reason: &str| -> bool { panic!("{reason}") });
 
         let ast = engine
             .compile_into_self_contained(&Script::scope_template(), source)
@@ -529,7 +533,9 @@ mod tests {
             None,
             "nothing is stored before the commit"
         );
-        kv.commit_blocking(state.take_changes()).unwrap();
+        assert!(!state.end_run(), "a small batch waits for its end");
+        assert_eq!(kv.get("x").unwrap(), None, "staged, not stored");
+        state.commit_batch().unwrap();
         assert_eq!(kv.get("x").unwrap(), Some(b"2".to_vec()));
         assert_eq!(kv.get("gone").unwrap(), None);
 

@@ -2,17 +2,20 @@
 //! value)`, `state.remove(key)`, and `state.key` / `state["key"]` as shorthands, kept as
 //! JSON in the node's [`NodeKv`].
 //!
-//! Writes of one run are held here until the node commits them
-//! ([`ScriptState::take_changes`] then [`NodeKv::commit_blocking`]), after the script
-//! succeeded and before its messages go on; a failed run's writes are dropped
-//! ([`ScriptState::discard`]). Reads see the run's own writes first.
+//! Writes of one run (one message) are held here; when the script succeeded they join
+//! the batch's writes ([`ScriptState::end_run`], a [`StagedKv`]), which the node commits
+//! in one durable commit at the end of the batch ([`ScriptState::commit_batch`]), before
+//! any of the batch's messages go on. A failed run's writes are dropped
+//! ([`ScriptState::discard`]): a message that fails changes nothing. Reads see the run's
+//! own writes first, then the batch's, then the store.
 
 use std::sync::{Arc, Mutex};
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
 
 use crate::engine::NodeKv;
-use crate::engine::state::Change;
+use crate::engine::state::{Change, StagedKv};
+use crate::store::StoreError;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -28,9 +31,9 @@ pub struct ScriptState {
 }
 
 struct Inner {
-    /// Where committed values live; `None` for a script run without a node (tests of
-    /// the engine alone), whose state then lives in `pending` only.
-    kv: Option<NodeKv>,
+    /// The batch's writes in front of the node's store; `None` for a script run without
+    /// a node (tests of the engine alone), whose state then lives in `pending` only.
+    kv: Option<StagedKv>,
     /// This run's writes, in order; `None` removes.
     pending: Mutex<Vec<Change>>,
 }
@@ -46,7 +49,7 @@ impl ScriptState {
     pub fn new(kv: NodeKv) -> ScriptState {
         ScriptState {
             inner: Arc::new(Inner {
-                kv: Some(kv),
+                kv: Some(StagedKv::new(kv)),
                 pending: Mutex::new(Vec::new()),
             }),
         }
@@ -76,9 +79,37 @@ impl ScriptState {
         self.pending().clear();
     }
 
-    /// The node's store, to commit [`ScriptState::take_changes`] to.
+    /// The run succeeded: its writes join the batch's. Returns `true` when the batch
+    /// holds so much that it should be committed now ([`StagedKv::stage`]). Without a
+    /// store the writes stay pending.
+    pub fn end_run(&self) -> bool {
+        let Some(kv) = &self.inner.kv else {
+            return false;
+        };
+        let changes = self.take_changes();
+        !changes.is_empty() && kv.stage(changes)
+    }
+
+    /// Commits the batch's writes in one durable commit (blocking: the blocking pool
+    /// only). A run's writes not ended with [`ScriptState::end_run`] are not part of it.
+    /// After a failure the batch's writes are gone and reads see the store again.
+    pub fn commit_batch(&self) -> Result<(), StoreError> {
+        match &self.inner.kv {
+            Some(kv) => kv.commit_blocking(),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the batch's writes (its messages are failed).
+    pub fn discard_batch(&self) {
+        if let Some(kv) = &self.inner.kv {
+            kv.discard();
+        }
+    }
+
+    /// The node's store.
     pub fn kv(&self) -> Option<&NodeKv> {
-        self.inner.kv.as_ref()
+        self.inner.kv.as_ref().map(StagedKv::kv)
     }
 
     fn get(&self, key: &str) -> Result<Dynamic, Box<EvalAltResult>> {

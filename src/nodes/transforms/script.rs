@@ -2,9 +2,11 @@
 //! set-up, limits and the `msg` map live in [`crate::script`]; this file holds the
 //! options, the ports and the verdict each message gets.
 //!
-//! `state` writes of one message are committed to the node's store, atomically and
-//! durably, after the script succeeded and before any of its output leaves: a crash
-//! never loses a change whose message went on, and a failed run changes nothing.
+//! `state` writes of a message count once its script succeeded (a failed run changes
+//! nothing); the writes of a whole batch are committed to the node's store in one
+//! atomic, durable commit at the end of the batch ([`Transform::finish_batch`]), before
+//! any of the batch's output leaves: a crash never loses a change whose message went on.
+//! If that commit fails, every message of the batch goes to the `error` port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::engine::{
-    Emit, Msg, NodeContext, NodeFactory, NodeFuture, PortId, Transform, run_transform_blocking,
+    Emit, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, PortId, Transform,
+    run_transform_blocking,
 };
 use crate::flow::values::HumanDuration;
 use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
@@ -174,9 +177,13 @@ impl Config for ScriptConfig {
 struct ScriptNode {
     script: Arc<Script>,
     scope: Scope<'static>,
-    /// The `state` in `scope`: holds a run's writes until they are committed.
+    /// The `state` in `scope`: holds a run's and the batch's writes until they are
+    /// committed.
     state: ScriptState,
     ports: Vec<(String, PortId)>,
+    /// Why an early commit in this batch failed (the batch held too much to wait); the
+    /// whole batch then fails in `finish_batch`.
+    commit_failed: Option<String>,
 }
 
 impl ScriptNode {
@@ -191,6 +198,7 @@ impl ScriptNode {
             scope: Script::new_state(state.clone()),
             state,
             ports,
+            commit_failed: None,
         }
     }
 
@@ -250,16 +258,19 @@ impl Transform for ScriptNode {
                 return emit.error(msg, reason);
             }
         };
-        // This runs on the blocking pool (`run_transform_blocking`), where waiting for the
-        // store's fsync is allowed; the outputs are emitted only after it.
-        let changes = self.state.take_changes();
-        if let Some(kv) = self.state.kv()
-            && let Err(e) = kv.commit_blocking(changes)
+        // The run's writes join the batch's, committed in `finish_batch` before any output
+        // leaves. A batch that grew too large is committed now (this runs on the blocking
+        // pool, where waiting for the fsync is fine); committing early is always safe,
+        // the outputs still wait for the end of the batch.
+        if self.state.end_run()
+            && self.commit_failed.is_none()
+            && let Err(e) = self.state.commit_batch()
         {
-            return emit.error(msg, format!("cannot save the script's state: {e}"));
+            self.commit_failed = Some(format!("cannot save the script's state: {e}"));
         }
         match outs.len() {
-            0 => msg.done(),
+            // Dropped: "done" must still wait for the state commit.
+            0 => emit.done(msg),
             1 => {
                 let out = outs.pop().unwrap_or_default();
                 emit.to(ports[0], apply(msg, out));
@@ -269,9 +280,25 @@ impl Transform for ScriptNode {
                     let copy = msg.derive(msg.topic.clone(), msg.payload.clone());
                     emit.to(port, apply(copy, out));
                 }
+                // The children carry the verdict; they wait for the commit.
                 msg.done();
             }
         }
+    }
+
+    /// Commits the batch's `state` writes in one durable commit; see the module docs.
+    fn finish_batch(&mut self) -> Result<(), NodeError> {
+        // Writes of a run that panicked belong to no message that goes on.
+        self.state.discard();
+        if let Some(reason) = self.commit_failed.take() {
+            // Later runs of the batch read state without the lost writes: drop theirs too,
+            // so what is stored stays what the delivered messages saw.
+            self.state.discard_batch();
+            return Err(NodeError(reason));
+        }
+        self.state
+            .commit_batch()
+            .map_err(|e| NodeError::new(format!("cannot save the script's state: {e}")))
     }
 }
 
@@ -490,6 +517,150 @@ rhai: |
         let third = h.recv("out").await.unwrap();
         assert_eq!(third.payload_json().unwrap()["n"], 3);
         h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_shares_one_commit_and_nothing_leaves_before_it() {
+        let script = "\
+rhai: |
+  let n = state.get(\"n\", 0) + 1;
+  state.n = n;
+  if msg.payload == \"drop\" { return (); }
+  msg.payload = n;
+  msg
+";
+        let store = crate::engine::StateStore::memory();
+        let kv = store.node("test/node");
+        let mut h = NodeHarness::start_with_state(
+            "script",
+            script,
+            Clock::system(),
+            std::env::temp_dir(),
+            store.clone(),
+        )
+        .unwrap();
+        let before = store.store().stats().requests;
+        // Queued before the node runs (this runtime has one thread), so they come in few
+        // batches; each run reads the writes of the runs before it in its batch.
+        let mut outcomes = Vec::new();
+        for i in 0..50 {
+            let (msg, outcome) = tracked("t", if i == 49 { "drop" } else { "x" });
+            h.send(msg).await;
+            outcomes.push(outcome);
+        }
+        for expected in 1..=49 {
+            let out = h.recv("out").await.unwrap();
+            assert_eq!(out.payload, expected.to_string());
+            // Whatever left the node was committed before it left.
+            let stored: i64 = serde_json::from_slice(&kv.get("n").unwrap().unwrap()).unwrap();
+            assert!(stored >= expected, "{stored} < {expected}");
+            out.done();
+        }
+        // The dropped message is done only once its write is durable.
+        let last = outcomes.pop().unwrap();
+        assert_eq!(last.await.unwrap(), Outcome::Done);
+        assert_eq!(kv.get("n").unwrap(), Some(b"50".to_vec()));
+        for outcome in outcomes {
+            assert_eq!(outcome.await.unwrap(), Outcome::Done);
+        }
+        let commits = store.store().stats().requests - before;
+        assert!(
+            commits < 50,
+            "{commits} commits for 50 messages: not batched"
+        );
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_state_commit_fails_the_batch_instead_of_passing_it_on() {
+        let script = "rhai: 'state.n = state.get(\"n\", 0) + 1; if msg.payload == \"drop\" { return (); } msg'";
+        let store = crate::engine::StateStore::memory();
+        let kv = store.node("test/node");
+        let mut h = NodeHarness::start_with_state(
+            "script",
+            script,
+            Clock::system(),
+            std::env::temp_dir(),
+            store.clone(),
+        )
+        .unwrap();
+        h.send(Msg::new("t", "x", 0)).await;
+        assert_eq!(h.recv("out").await.unwrap().payload, "x");
+        assert_eq!(kv.get("n").unwrap(), Some(b"1".to_vec()));
+        // The disk is gone: no message whose state was lost is passed on or ended done.
+        store.store().close().await.unwrap();
+        h.send(Msg::new("t", "y", 0)).await;
+        h.send(Msg::new("t", "drop", 0)).await;
+        for payload in ["y", "drop"] {
+            let failed = h.recv("error").await.unwrap();
+            assert_eq!(failed.payload, payload);
+            assert_eq!(
+                failed.headers["error"],
+                "cannot save the script's state: store is closed"
+            );
+        }
+        // The node's view went back to what is stored: the lost writes are not read.
+        h.send(Msg::new("t", "z", 0)).await;
+        assert_eq!(h.recv("error").await.unwrap().payload, "z");
+        assert_eq!(kv.get("n").unwrap(), Some(b"1".to_vec()));
+        h.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_panic_mid_batch_commits_the_runs_before_it_and_nothing_of_its_own() {
+        let script = "\
+rhai: |
+  state.n = state.get(\"n\", 0) + 1;
+  state.last = msg.payload;
+  if msg.payload == \"boom\" { state.boom = true; test_panic(\"host bug\"); }
+  msg.payload = state.n;
+  msg
+";
+        let store = crate::engine::StateStore::memory();
+        let kv = store.node("test/node");
+        let mut h = NodeHarness::start_with_state(
+            "script",
+            script,
+            Clock::system(),
+            std::env::temp_dir(),
+            store.clone(),
+        )
+        .unwrap();
+        let mut outcomes = Vec::new();
+        for payload in ["a", "b", "boom", "c"] {
+            let (msg, outcome) = tracked("t", payload);
+            h.send(msg).await;
+            outcomes.push(outcome);
+        }
+        let (a, b) = (h.recv("out").await.unwrap(), h.recv("out").await.unwrap());
+        assert_eq!((&a.payload[..], &b.payload[..]), (&b"1"[..], &b"2"[..]));
+        a.done();
+        b.done();
+        // The node restarts; "c" waited in the inbox and continues from the state of "b".
+        let c = h.recv("out").await.unwrap();
+        assert_eq!(c.payload, "3", "boom's increment was not committed");
+        c.done();
+        let results: Vec<Outcome> = futures_outcomes(outcomes).await;
+        assert_eq!(results[0], Outcome::Done);
+        assert_eq!(results[1], Outcome::Done);
+        assert!(matches!(results[2], Outcome::Failed(_)), "{:?}", results[2]);
+        assert_eq!(results[3], Outcome::Done);
+        assert_eq!(
+            kv.get("boom").unwrap(),
+            None,
+            "half a run is never committed"
+        );
+        assert_eq!(kv.get("last").unwrap(), Some(b"\"c\"".to_vec()));
+        assert_eq!(kv.get("n").unwrap(), Some(b"3".to_vec()));
+        h.shutdown().await;
+    }
+
+    async fn futures_outcomes(outcomes: Vec<oneshot::Receiver<Outcome>>) -> Vec<Outcome> {
+        let mut results = Vec::new();
+        for outcome in outcomes {
+            results.push(outcome.await.unwrap());
+        }
+        results
     }
 
     /// The located errors of loading and building `yaml` (as `check` does).

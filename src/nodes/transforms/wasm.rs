@@ -1,6 +1,11 @@
 //! `wasm`: runs a WebAssembly plugin per message (ABI in docs/plugin-abi.md). This file
 //! holds the options, the run loop on the blocking pool, the verdict each message gets,
 //! and rebuilding a plugin that keeps faulting; the host itself is [`crate::plugin`].
+//!
+//! `kv_set` writes of a call count once the call succeeded; those of a whole batch are
+//! committed in one atomic, durable commit at the end of the batch, before any of its
+//! output leaves (as `Transform::finish_batch` describes for scripts). If that commit
+//! fails, every message of the batch goes to the `error` port.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -12,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::engine::edge::BATCH;
+use crate::engine::state::StagedKv;
 use crate::engine::{Emit, Msg, NodeContext, NodeError, NodeFactory, NodeFuture, PortId};
 use crate::flow::values::{ByteSize, HumanDuration};
 use crate::nodes::registry::{BuildContext, Config, ConfigIssue, Role};
@@ -150,6 +156,8 @@ struct PluginNode {
     instance: Option<Instance>,
     faults_in_row: u32,
     rebuilds_in_row: u32,
+    /// Why an early commit in this batch failed; the whole batch then fails.
+    commit_failed: Option<String>,
 }
 
 impl PluginNode {
@@ -167,7 +175,8 @@ impl PluginNode {
             tracing::debug!(node = %self.binding.node, "emits made during hw_init are discarded");
         }
         if let Some(kv) = &self.binding.kv {
-            kv.commit_blocking(out.kv).map_err(|e| {
+            kv.stage(out.kv);
+            kv.commit_blocking().map_err(|e| {
                 NodeError::new(format!(
                     "plugin state written by hw_init could not be saved: {e}"
                 ))
@@ -228,31 +237,61 @@ impl PluginNode {
         }
     }
 
-    /// Commits the call's kv writes, then hands its emits on as children of `msg`.
+    /// Stages the call's kv writes with the batch's, then hands its emits on as children
+    /// of `msg`; they leave only after [`PluginNode::finish_batch`] committed the batch.
     fn deliver(&mut self, msg: Msg, out: CallOutput, emit: &mut Emit) {
-        if !out.kv.is_empty()
-            && let Some(kv) = &self.binding.kv
-            && let Err(e) = kv.commit_blocking(out.kv)
-        {
-            return emit.error(msg, format!("plugin state could not be saved: {e}"));
-        }
+        // The outputs are built before the writes are staged: a host panic while building
+        // them fails the message and must leave its writes out of the batch.
         let mut emits = out.emits;
-        match emits.len() {
-            0 => msg.done(),
+        let (outputs, original) = match emits.len() {
+            0 => (Vec::new(), Some(msg)),
             1 => {
                 let one = emits.remove(0);
                 let port = self.port_ids[one.port as usize];
-                emit.to(port, apply(msg, one));
+                (vec![(port, apply(msg, one))], None)
             }
             _ => {
+                let mut outputs = Vec::with_capacity(emits.len());
                 for one in emits {
                     let port = self.port_ids[one.port as usize];
                     let child = msg.derive(msg.topic.clone(), msg.payload.clone());
-                    emit.to(port, apply(child, one));
+                    outputs.push((port, apply(child, one)));
                 }
+                // The children carry the verdict; they wait for the commit.
                 msg.done();
+                (outputs, None)
             }
+        };
+        if !out.kv.is_empty()
+            && let Some(kv) = &self.binding.kv
+            && kv.stage(out.kv)
+            && self.commit_failed.is_none()
+            && let Err(e) = kv.commit_blocking()
+        {
+            // The batch grew too large to wait and its early commit failed.
+            self.commit_failed = Some(format!("plugin state could not be saved: {e}"));
         }
+        for (port, output) in outputs {
+            emit.to(port, output);
+        }
+        if let Some(dropped) = original {
+            // Dropped: "done" must still wait for the state commit.
+            emit.done(dropped);
+        }
+    }
+
+    /// Commits the batch's kv writes in one durable commit, before its outputs leave;
+    /// `Err` when they could not be saved (the caller then fails the batch's outputs).
+    fn finish_batch(&mut self) -> Result<(), String> {
+        let Some(kv) = &self.binding.kv else {
+            return Ok(());
+        };
+        if let Some(reason) = self.commit_failed.take() {
+            kv.discard();
+            return Err(reason);
+        }
+        kv.commit_blocking()
+            .map_err(|e| format!("plugin state could not be saved: {e}"))
     }
 }
 
@@ -321,7 +360,7 @@ async fn run(shared: Arc<Shared>, cx: NodeContext) -> Result<(), NodeError> {
         binding: Binding {
             node: cx.id.clone(),
             clock: cx.clock.clone(),
-            kv: Some(cx.state.clone()),
+            kv: Some(StagedKv::new(cx.state.clone())),
             ports: shared.ports.clone(),
         },
         shared,
@@ -329,6 +368,7 @@ async fn run(shared: Arc<Shared>, cx: NodeContext) -> Result<(), NodeError> {
         instance: None,
         faults_in_row: 0,
         rebuilds_in_row: 0,
+        commit_failed: None,
     };
     let (mut node, started) = on_pool(node, PluginNode::start).await?;
     started?;
@@ -362,6 +402,10 @@ async fn run(shared: Arc<Shared>, cx: NodeContext) -> Result<(), NodeError> {
             let mut work = work;
             let mut out = Emit::default();
             node.process_batch(&mut work, &mut out);
+            // Before anything of the batch leaves: its state is durable, or it all fails.
+            if let Err(reason) = node.finish_batch() {
+                out.fail_all(&reason);
+            }
             (work, out)
         })
         .await?;
@@ -605,6 +649,54 @@ mod tests {
         again.send(Msg::new("t", "", 0)).await;
         assert_eq!(again.recv("out").await.unwrap().payload, "4");
         again.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_kv_writes_is_one_commit_and_a_failed_one_fails_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = plugin_file(dir.path(), "counter");
+        let state = StateStore::memory();
+        let kv = state.node("test/node");
+        let mut h = NodeHarness::start_with_state(
+            "wasm",
+            &format!("plugin: {}", path.display()),
+            Clock::system(),
+            dir.path().join("data"),
+            state.clone(),
+        )
+        .unwrap();
+        h.send(Msg::new("t", "", 0)).await;
+        assert_eq!(h.recv("out").await.unwrap().payload, "1");
+        let before = state.store().stats().requests;
+        // Queued before the node runs (one runtime thread): few batches, few commits.
+        for _ in 0..40 {
+            h.send(Msg::new("t", "", 0)).await;
+        }
+        for expected in 2..=41 {
+            let out = h.recv("out").await.unwrap();
+            assert_eq!(out.payload, expected.to_string());
+            let stored: u64 = String::from_utf8(kv.get("count").unwrap().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(stored >= expected, "sent on before its count was stored");
+        }
+        let commits = state.store().stats().requests - before;
+        assert!(
+            commits < 40,
+            "{commits} commits for 40 messages: not batched"
+        );
+
+        // The disk is gone: the count does not go on, the messages fail.
+        state.store().close().await.unwrap();
+        h.send(Msg::new("t", "", 0)).await;
+        let failed = h.recv("error").await.unwrap();
+        assert_eq!(
+            failed.headers["error"],
+            "plugin state could not be saved: store is closed"
+        );
+        assert_eq!(kv.get("count").unwrap(), Some(b"41".to_vec()));
+        h.shutdown().await;
     }
 
     #[test]
