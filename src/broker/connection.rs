@@ -27,7 +27,7 @@ use super::auth::realm::Refusal;
 use super::codec::{
     Codec, ConnAck, Connect, Packet, ProtocolViolation, Publish, Qos, Version, Will, reason,
 };
-use super::listener::{Listener, Reader, Writer};
+use super::listener::{Listener, Stream};
 use super::session::{
     self, Attached, INCOMING, Identity, Message, Queued, Session, Subscription, encode_queued,
     incoming_key, queue_key,
@@ -47,19 +47,20 @@ const IDLE_BUFFER: usize = 4096;
 /// A commit in flight with what to do when it lands.
 type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
 
-/// Commits in flight, answered in order. The queue is made on first use and released
-/// when empty: making one allocates, and most connections are idle.
+/// Commits in flight, answered in order. The queue is made on first use, boxed, and
+/// released when empty: most connections are idle, and an empty queue inline would
+/// still cost its 64 bytes in every connection's task.
 #[derive(Default)]
-struct Commits(Option<FuturesOrdered<Pending>>);
+struct Commits(Option<Box<FuturesOrdered<Pending>>>);
 
 impl Commits {
     fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+        self.0.as_deref().is_none_or(FuturesOrdered::is_empty)
     }
 
     fn push_back(&mut self, commit: Pending) {
         self.0
-            .get_or_insert_with(FuturesOrdered::new)
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
             .push_back(commit);
     }
 
@@ -129,19 +130,24 @@ impl std::fmt::Display for Peer {
 /// Where packets for the client go.
 enum Output {
     /// Encoded into `out`, written to the stream on flush.
-    Tcp { write: Writer, out: BytesMut },
+    Tcp { stream: Stream, out: BytesMut },
     /// Handed over as values on flush; a full channel holds this connection back as
-    /// a full socket would.
-    Local {
-        tx: PollSender<Packet>,
-        out: VecDeque<Packet>,
-    },
+    /// a full socket would. Boxed: network connections are the many, and each would
+    /// pay for this variant's size.
+    Local(Box<LocalOutput>),
+}
+
+/// The output of an in-process connection.
+struct LocalOutput {
+    tx: PollSender<Packet>,
+    out: VecDeque<Packet>,
 }
 
 /// Where packets from the client come from.
 pub(crate) enum Input {
-    /// Bytes from the stream, decoded by the connection's codec.
-    Tcp { read: Reader, rbuf: BytesMut },
+    /// Bytes from the stream (held by `Output::Tcp`: the one task reads and writes
+    /// it), decoded by the connection's codec.
+    Tcp { rbuf: BytesMut },
     /// Packets as values.
     Local(mpsc::Receiver<Packet>),
 }
@@ -204,6 +210,16 @@ pub(crate) enum ConnectionTask {
     Done,
 }
 
+impl ConnectionTask {
+    /// Who is on the other end, once known to the running connection.
+    pub(crate) fn peer(&self) -> Option<Peer> {
+        match self {
+            ConnectionTask::Running(running) => Some(*running.conn.peer),
+            _ => None,
+        }
+    }
+}
+
 /// How the start of a connection ended.
 pub(crate) enum Started {
     /// Accepted: serve it.
@@ -218,8 +234,9 @@ pub(crate) enum Started {
 pub(crate) struct Running {
     conn: Connection,
     input: Input,
-    /// Set when the connection must end once what is buffered is written.
-    closing: Option<End>,
+    /// Set when the connection must end once what is buffered is written (boxed: it
+    /// is rare, and the task of every idle connection would carry it inline).
+    closing: Option<Box<End>>,
 }
 
 impl Future for ConnectionTask {
@@ -271,9 +288,10 @@ impl Running {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(
-                        self.closing
-                            .take()
-                            .unwrap_or_else(|| End::Abnormal(format!("write failed: {e}"))),
+                        self.closing.take().map_or_else(
+                            || End::Abnormal(format!("write failed: {e}")),
+                            |end| *end,
+                        ),
                     );
                 }
                 Poll::Pending => {
@@ -290,12 +308,12 @@ impl Running {
                 }
             }
             if let Some(end) = self.closing.take() {
-                return Poll::Ready(end);
+                return Poll::Ready(*end);
             }
             let event = std::task::ready!(self.conn.poll_event(cx, &mut self.input));
             if let Err(end) = self.conn.on_event(event, &mut self.input) {
                 // Write what the ending queued (a DISCONNECT) before going.
-                self.closing = Some(end);
+                self.closing = Some(Box::new(end));
             }
         }
     }
@@ -316,7 +334,7 @@ async fn start(
             return Started::Gone;
         }
     };
-    let (mut read, write, cert_name) = (transport.reader, transport.writer, transport.cert_name);
+    let (mut stream, cert_name) = (transport.stream, transport.cert_name);
     let mut codec = Codec::new(broker.shared.config.max_packet_size);
     let mut rbuf = BytesMut::new();
     // CONNECT first, within a deadline.
@@ -328,7 +346,7 @@ async fn start(
                 Ok(None) => {}
                 Err(violation) => return Err(Some(violation)),
             }
-            match read.read_buf(&mut rbuf).await {
+            match stream.read_buf(&mut rbuf).await {
                 Ok(0) | Err(_) => return Err(None),
                 Ok(_) => {}
             }
@@ -346,9 +364,8 @@ async fn start(
             // so; anything else is closed without one [MQTT-4.8.0-1].
             tracing::info!(%peer, "connection refused: {violation}");
             if let Some(refusal) = codec.connect_refusal(&violation) {
-                let mut write = write;
-                let _ = write.write_all(&refusal).await;
-                let _ = write.shutdown().await;
+                let _ = stream.write_all(&refusal).await;
+                let _ = stream.shutdown().await;
             }
             return Started::Gone;
         }
@@ -358,7 +375,7 @@ async fn start(
         }
     };
     let output = Output::Tcp {
-        write,
+        stream,
         out: BytesMut::new(),
     };
     // Nor a read buffer, when the CONNECT came alone.
@@ -367,6 +384,7 @@ async fn start(
     }
     let login = Login {
         realm: listener.index,
+        anonymous: listener.anonymous.clone(),
         cert_name,
         identity_is_username: listener
             .tls
@@ -374,14 +392,15 @@ async fn start(
             .is_some_and(|tls| tls.identity_is_username()),
     };
     let conn = Connection::new(broker, codec, output, Peer::Tcp(peer));
-    conn.start(connect, Input::Tcp { read, rbuf }, Some(login))
-        .await
+    conn.start(connect, Input::Tcp { rbuf }, Some(login)).await
 }
 
 /// What a network connection brings to authentication besides its CONNECT.
 struct Login {
     /// The listener's realm.
     realm: usize,
+    /// The listener's identity for clients without a username, shared by all of them.
+    anonymous: Arc<Identity>,
     /// The Common Name of a verified client certificate.
     cert_name: Option<String>,
     /// `use_identity_as_username`: the certificate name is the username.
@@ -403,12 +422,21 @@ async fn start_local(
         None => return Started::Gone,
     };
     let codec = Codec::new(broker.shared.config.max_packet_size);
-    let output = Output::Local {
+    let output = Output::Local(Box::new(LocalOutput {
         tx: PollSender::new(tx),
         out: VecDeque::new(),
-    };
+    }));
     let conn = Connection::new(broker, codec, output, Peer::Local);
     conn.start(connect, Input::Local(rx), None).await
+}
+
+/// The v5 topic aliases of one connection.
+#[derive(Default)]
+struct Aliases {
+    /// Set up by the client (alias -> topic).
+    inbound: HashMap<u16, ByteString>,
+    /// Set up by us towards the client (topic -> alias).
+    outbound: HashMap<ByteString, NonZeroU16>,
 }
 
 pub(crate) struct Connection {
@@ -416,7 +444,9 @@ pub(crate) struct Connection {
     /// Decodes the client's bytes and encodes ours (TCP only).
     codec: Codec,
     output: Output,
-    peer: Peer,
+    /// Boxed: only logs read it, and 32 bytes inline would push every idle
+    /// connection's task into the next size class.
+    peer: Box<Peer>,
     client_id: ByteString,
     version: Version,
     conn_id: u64,
@@ -426,17 +456,16 @@ pub(crate) struct Connection {
     identity: Option<Arc<Identity>>,
     /// Boxed: most connections have none, and every byte here is paid per connection.
     will: Option<Box<Will>>,
-    /// v5 topic aliases the client set up (alias -> topic).
-    inbound_aliases: HashMap<u16, ByteString>,
-    /// v5 topic aliases we set up towards the client (topic -> alias).
-    outbound_aliases: HashMap<ByteString, NonZeroU16>,
+    /// v5 topic aliases, made on first use: two empty maps inline would cost every
+    /// connection 96 bytes.
+    aliases: Option<Box<Aliases>>,
     client_alias_max: u16,
     /// Outbound inflight window.
-    window: usize,
+    window: u16,
     /// Commits in flight, answered in order.
     pending: Commits,
     /// Inbound QoS 1/2 publishes not yet acknowledged (receive maximum).
-    inbound_unacked: usize,
+    inbound_unacked: u32,
     /// Closed because a new connection took the session over.
     taken_over: bool,
     /// A DISCONNECT went out: nothing may follow it [MQTT-3.14.4-1].
@@ -451,15 +480,14 @@ impl Connection {
             broker,
             codec,
             output,
-            peer,
+            peer: Box::new(peer),
             client_id: ByteString::new(),
             version: Version::V311,
             conn_id,
             signal,
             identity: None,
             will: None,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             client_alias_max: 0,
             window: 1,
             pending: Commits::default(),
@@ -504,7 +532,7 @@ impl Connection {
                     }
                 }
             }
-            Output::Local { out, .. } => out.push_back(packet),
+            Output::Local(local) => local.out.push_back(packet),
         }
     }
 
@@ -538,9 +566,9 @@ impl Connection {
     /// channel) does not take more.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match &mut self.output {
-            Output::Tcp { write, out } => {
+            Output::Tcp { stream, out } => {
                 while !out.is_empty() {
-                    let n = std::task::ready!(Pin::new(&mut *write).poll_write(cx, out))?;
+                    let n = std::task::ready!(Pin::new(&mut *stream).poll_write(cx, out))?;
                     if n == 0 {
                         return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                     }
@@ -550,9 +578,10 @@ impl Connection {
                     *out = BytesMut::new();
                 }
                 // TLS and WebSocket streams send on flush (a frame per flush).
-                Pin::new(write).poll_flush(cx)
+                Pin::new(stream).poll_flush(cx)
             }
-            Output::Local { tx, out } => {
+            Output::Local(local) => {
+                let LocalOutput { tx, out } = &mut **local;
                 while !out.is_empty() {
                     if std::task::ready!(tx.poll_reserve(cx)).is_err() {
                         return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
@@ -580,7 +609,9 @@ impl Connection {
         };
         // Client id: assigned when empty (v3.1.1 only with clean session, which the
         // codec enforces; v5 always) [MQTT-3.1.3-6].
-        let mut client_id = connect.client_id.clone();
+        // A copy: the decoded id is a slice of the read buffer, and the session would
+        // keep that whole buffer alive for as long as it lives.
+        let mut client_id = ByteString::from(&*connect.client_id);
         if client_id.is_empty() {
             if connect.version == Version::V31 {
                 ack.reason = reason::CLIENT_ID_NOT_VALID;
@@ -631,7 +662,7 @@ impl Connection {
         }
         self.client_alias_max = connect.topic_alias_max;
         // `max_inflight_messages` bounds network clients; a flow sets its own window.
-        let window = match self.peer {
+        let window = match *self.peer {
             // 0 is no limit, as in Mosquitto.
             Peer::Tcp(_) if config.max_inflight_messages > 0 => {
                 connect.receive_max.min(config.max_inflight_messages)
@@ -639,7 +670,7 @@ impl Connection {
             Peer::Tcp(_) => connect.receive_max,
             Peer::Local => connect.receive_max,
         };
-        self.window = usize::from(window).max(1);
+        self.window = window.max(1);
         self.codec.set_max_outgoing(connect.max_packet_size);
         self.will = connect.will.clone().map(Box::new);
         self.client_id = client_id.clone();
@@ -669,11 +700,7 @@ impl Connection {
                 }
                 state.sessions.insert(
                     client_id.clone(),
-                    Box::new(Session::new(
-                        client_id.clone(),
-                        connect.session_expiry,
-                        connect.version,
-                    )),
+                    Box::new(Session::new(connect.session_expiry, connect.version)),
                 );
             }
             let session = state.sessions.get_mut(&client_id).expect("inserted above");
@@ -687,7 +714,7 @@ impl Connection {
             });
             session_present = resume;
             if durable && session.persistent() {
-                ops.push(session.record_op());
+                ops.push(session.record_op(&client_id));
                 session.stored = true;
             }
         }
@@ -788,7 +815,9 @@ impl Connection {
                 realm.authenticate(username.as_deref(), password.as_deref())
             };
             match verdict {
-                Ok(()) => connect.username.clone(),
+                // A copy, as for the client id: the decoded name is a slice of the
+                // read buffer.
+                Ok(()) => connect.username.as_deref().map(ByteString::from),
                 Err(Refusal::BadCredentials) => {
                     return Err((reason::BAD_CREDENTIALS, "bad username or password".into()));
                 }
@@ -800,10 +829,13 @@ impl Connection {
                 }
             }
         };
-        let identity = Arc::new(Identity {
-            realm: u16::try_from(login.realm).unwrap_or(u16::MAX),
-            username,
-        });
+        let identity = match username {
+            None => login.anonymous,
+            username => Arc::new(Identity {
+                realm: u16::try_from(login.realm).unwrap_or(u16::MAX),
+                username,
+            }),
+        };
         if let Some(will) = &connect.will
             && !broker
                 .state()
@@ -864,7 +896,7 @@ impl Connection {
     /// Whether the keepalive sweep watches this connection: an in-process client
     /// cannot go silent the way a network peer can.
     fn watched(&self) -> bool {
-        !matches!(self.peer, Peer::Local)
+        !matches!(*self.peer, Peer::Local)
     }
 
     /// The next thing to do, in priority order: close when told to, answer what the
@@ -887,13 +919,19 @@ impl Connection {
             return Poll::Ready(Event::Ring(ring));
         }
         match input {
-            Input::Tcp { read, rbuf } => tokio_util::io::poll_read_buf(Pin::new(read), cx, rbuf)
-                .map(|read| {
+            Input::Tcp { rbuf } => {
+                let Output::Tcp { stream, .. } = &mut self.output else {
+                    // Network input comes with network output; anything else is a
+                    // connection with nothing to read from.
+                    return Poll::Ready(Event::Read(Ok(Arrived::Closed)));
+                };
+                tokio_util::io::poll_read_buf(Pin::new(stream), cx, rbuf).map(|read| {
                     Event::Read(read.map(|n| match n {
                         0 => Arrived::Closed,
                         _ => Arrived::Bytes,
                     }))
-                }),
+                })
+            }
             Input::Local(rx) => rx
                 .poll_recv(cx)
                 .map(|packet| Event::Read(Ok(packet.map_or(Arrived::Closed, Arrived::Packet)))),
@@ -998,7 +1036,11 @@ impl Connection {
                     .protocol_error(reason::TOPIC_ALIAS_INVALID, "topic alias above the maximum"));
             }
             if publish.topic.is_empty() {
-                match self.inbound_aliases.get(&alias.get()) {
+                let known = self
+                    .aliases
+                    .as_ref()
+                    .and_then(|aliases| aliases.inbound.get(&alias.get()));
+                match known {
                     Some(topic) => publish.topic = topic.clone(),
                     None => {
                         return Err(self.protocol_error(
@@ -1008,7 +1050,9 @@ impl Connection {
                     }
                 }
             } else {
-                self.inbound_aliases
+                self.aliases
+                    .get_or_insert_default()
+                    .inbound
                     .insert(alias.get(), publish.topic.clone());
             }
             publish.topic_alias = None;
@@ -1016,9 +1060,9 @@ impl Connection {
         let packet_id = publish.packet_id;
         let qos = publish.qos;
         if qos != Qos::AtMostOnce {
-            self.inbound_unacked += 1;
+            self.inbound_unacked = self.inbound_unacked.saturating_add(1);
             if self.version == Version::V5
-                && self.inbound_unacked > usize::from(shared.config.receive_maximum)
+                && self.inbound_unacked > u32::from(shared.config.receive_maximum)
             {
                 return Err(self.protocol_error(
                     reason::RECEIVE_MAX_EXCEEDED,
@@ -1409,7 +1453,8 @@ impl Connection {
     /// session is persistent and the broker durable.
     fn session_record(&self, state: &State) -> Option<Op> {
         let session = state.sessions.get(&self.client_id)?;
-        (self.broker.shared.durable() && session.persistent()).then(|| session.record_op())
+        (self.broker.shared.durable() && session.persistent())
+            .then(|| session.record_op(&self.client_id))
     }
 
     fn on_unsubscribe(&mut self, packet_id: NonZeroU16, filters: Vec<ByteString>) {
@@ -1451,13 +1496,13 @@ impl Connection {
                 publish.properties.message_expiry = Some(left.max(1));
             }
             if self.client_alias_max > 0 {
-                if let Some(alias) = self.outbound_aliases.get(&publish.topic) {
+                let outbound = &mut self.aliases.get_or_insert_default().outbound;
+                if let Some(alias) = outbound.get(&publish.topic) {
                     publish.topic_alias = Some(*alias);
                     publish.topic = ByteString::new();
-                } else if self.outbound_aliases.len() < usize::from(self.client_alias_max) {
-                    let alias = NonZeroU16::new(self.outbound_aliases.len() as u16 + 1)
-                        .expect("starts at 1");
-                    self.outbound_aliases.insert(publish.topic.clone(), alias);
+                } else if outbound.len() < usize::from(self.client_alias_max) {
+                    let alias = NonZeroU16::new(outbound.len() as u16 + 1).expect("starts at 1");
+                    outbound.insert(publish.topic.clone(), alias);
                     publish.topic_alias = Some(alias);
                 }
             }
@@ -1480,7 +1525,9 @@ impl Connection {
             };
             let persistent = session.persistent();
             while let Some(front) = session.queue.front() {
-                if front.qos != Qos::AtMostOnce && session.inflight.len() >= self.window {
+                if front.qos != Qos::AtMostOnce
+                    && session.inflight.len() >= usize::from(self.window)
+                {
                     break;
                 }
                 let mut queued = session.queue.pop_front().expect("front exists");
@@ -1650,6 +1697,65 @@ fn rand_id(conn_id: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use bytestring::ByteString;
+
+    use super::{Connection, Login};
+    use crate::broker::codec::{Connect, Version};
+
+    fn connect(client_id: &str, username: Option<&str>) -> Connect {
+        Connect {
+            version: Version::V311,
+            client_id: client_id.into(),
+            clean_start: true,
+            keep_alive: 60,
+            session_expiry: 0,
+            receive_max: 65535,
+            max_packet_size: None,
+            topic_alias_max: 0,
+            will: None,
+            username: username.map(ByteString::from),
+            password: None,
+            request_problem_info: false,
+        }
+    }
+
+    /// Every anonymous client of a listener shares its one identity (an allocation per
+    /// idle connection otherwise); a named client gets its own, in the same realm.
+    #[tokio::test]
+    async fn anonymous_clients_share_the_listeners_identity() {
+        let config = crate::broker::BrokerConfig {
+            persistence: crate::broker::Persistence::Memory,
+            ..Default::default()
+        };
+        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
+        let listener = super::Listener::new(0, crate::broker::ListenerConfig::default()).unwrap();
+        let login = || Login {
+            realm: listener.index,
+            anonymous: listener.anonymous.clone(),
+            cert_name: None,
+            identity_is_username: false,
+        };
+        let mut identities = Vec::new();
+        for (client, username) in [("a", None), ("b", None), ("c", Some("carol"))] {
+            let identity = Connection::authenticate(
+                &broker,
+                &connect(client, username),
+                login(),
+                &client.into(),
+            )
+            .await
+            .unwrap_or_else(|(code, why)| panic!("refused ({code:#x}): {why}"));
+            identities.push(identity);
+        }
+        assert!(Arc::ptr_eq(&identities[0], &identities[1]));
+        assert!(Arc::ptr_eq(&identities[0], &listener.anonymous));
+        assert!(!Arc::ptr_eq(&identities[0], &identities[2]));
+        assert_eq!(identities[2].username.as_deref(), Some("carol"));
+        assert_eq!(identities[2].realm, identities[0].realm);
+    }
+
     /// An idle connection costs its task's future for as long as it lives; this keeps
     /// that future from growing back unnoticed (docs/benchmarks.md has the RSS figure).
     #[tokio::test]
@@ -1670,6 +1776,17 @@ mod tests {
         let task = super::serve(broker, stream, peer, listener);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
-        assert!(size <= 512, "the connection future grew to {size} bytes");
+        eprintln!(
+            "running {} = connection {} + input {}; session {}; signal {}",
+            std::mem::size_of::<super::Running>(),
+            std::mem::size_of::<super::Connection>(),
+            std::mem::size_of::<super::Input>(),
+            std::mem::size_of::<crate::broker::session::Session>(),
+            std::mem::size_of::<crate::broker::signal::Signal>(),
+        );
+        // tokio adds 96 bytes of header and trailer, the spawn wrappers (`Guarded`, the
+        // tracker) 16: up to 272 the task fits tokio's 128-byte-aligned 384, one more
+        // byte costs 128.
+        assert!(size <= 272, "the connection future grew to {size} bytes");
     }
 }

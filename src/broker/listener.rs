@@ -11,11 +11,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::config::{ListenerConfig, ListenerProtocol};
+use super::session::Identity;
 use super::tls::{TlsAcceptor, TlsError};
 use super::ws;
 
@@ -37,14 +37,15 @@ pub(crate) struct Listener {
     pub config: ListenerConfig,
     /// TLS, when configured; reloaded in place.
     pub tls: Option<TlsAcceptor>,
+    /// The identity of every client without a username on this listener: one shared
+    /// value rather than an allocation per connection.
+    pub anonymous: Arc<Identity>,
 }
 
-/// The two directions of a client's stream.
+/// A client's stream, once any handshake is done.
 pub(crate) struct Transport {
-    /// Bytes from the client.
-    pub reader: Reader,
-    /// Bytes to the client.
-    pub writer: Writer,
+    /// Bytes from and to the client.
+    pub stream: Stream,
     /// The Common Name of a verified client certificate.
     pub cert_name: Option<String>,
 }
@@ -57,7 +58,16 @@ impl Listener {
             .enabled()
             .then(|| TlsAcceptor::new(&config.tls))
             .transpose()?;
-        Ok(Listener { index, config, tls })
+        let anonymous = Arc::new(Identity {
+            realm: u16::try_from(index).unwrap_or(u16::MAX),
+            username: None,
+        });
+        Ok(Listener {
+            index,
+            config,
+            tls,
+            anonymous,
+        })
     }
 
     /// Runs the handshakes this listener demands on a new TCP connection, each within
@@ -68,14 +78,10 @@ impl Listener {
         // A frame holds at least one whole packet, plus room for its header.
         let max_frame = max_packet.saturating_add(1024);
         match &self.tls {
-            None if !websockets => {
-                let (read, write) = stream.into_split();
-                Ok(Transport {
-                    reader: Reader::Tcp(read),
-                    writer: Writer::Tcp(write),
-                    cert_name: None,
-                })
-            }
+            None if !websockets => Ok(Transport {
+                stream: Stream::Tcp(stream),
+                cert_name: None,
+            }),
             None => {
                 let ws = ws::accept(stream, HANDSHAKE_TIMEOUT, max_frame)
                     .await
@@ -99,68 +105,60 @@ impl Listener {
     }
 }
 
-/// Wraps a handshaken stream; TCP keeps its cheaper owned halves.
+/// A handshaken stream.
 fn wrapped(stream: Box<dyn ByteStream>, cert_name: Option<String>) -> Transport {
-    let (read, write) = tokio::io::split(stream);
     Transport {
-        reader: Reader::Wrapped(read),
-        writer: Writer::Wrapped(write),
+        stream: Stream::Wrapped(stream),
         cert_name,
     }
 }
 
-/// The reading half of a client's stream.
-pub(crate) enum Reader {
+/// A client's stream. Not split into halves: the connection's one task both reads and
+/// writes it, and split halves would share it through an extra allocation (plus a lock
+/// for the wrapped streams) on every connection.
+pub(crate) enum Stream {
     /// Plain TCP.
-    Tcp(OwnedReadHalf),
+    Tcp(TcpStream),
     /// TLS and/or WebSocket.
-    Wrapped(ReadHalf<Box<dyn ByteStream>>),
+    Wrapped(Box<dyn ByteStream>),
 }
 
-/// The writing half of a client's stream.
-pub(crate) enum Writer {
-    /// Plain TCP.
-    Tcp(OwnedWriteHalf),
-    /// TLS and/or WebSocket.
-    Wrapped(WriteHalf<Box<dyn ByteStream>>),
-}
-
-impl AsyncRead for Reader {
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Reader::Tcp(read) => Pin::new(read).poll_read(cx, buf),
-            Reader::Wrapped(read) => Pin::new(read).poll_read(cx, buf),
+            Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Wrapped(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Writer {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Writer::Tcp(write) => Pin::new(write).poll_write(cx, buf),
-            Writer::Wrapped(write) => Pin::new(write).poll_write(cx, buf),
+            Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Wrapped(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Writer::Tcp(write) => Pin::new(write).poll_flush(cx),
-            Writer::Wrapped(write) => Pin::new(write).poll_flush(cx),
+            Stream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Wrapped(stream) => Pin::new(stream).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Writer::Tcp(write) => Pin::new(write).poll_shutdown(cx),
-            Writer::Wrapped(write) => Pin::new(write).poll_shutdown(cx),
+            Stream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Wrapped(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }
@@ -171,7 +169,6 @@ impl AsyncWrite for Writer {
 struct Guarded {
     task: connection::ConnectionTask,
     shared: Arc<super::Shared>,
-    peer: std::net::SocketAddr,
 }
 
 impl Future for Guarded {
@@ -185,7 +182,11 @@ impl Future for Guarded {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(())) => {}
             Err(_) => {
-                tracing::error!(peer = %guarded.peer, "connection task panicked");
+                // The peer is read from the task rather than kept twice per connection.
+                match guarded.task.peer() {
+                    Some(peer) => tracing::error!(%peer, "connection task panicked"),
+                    None => tracing::error!("connection task panicked"),
+                }
                 // Its state may be half-changed: never poll it again.
                 guarded.task = connection::ConnectionTask::Done;
             }
@@ -218,7 +219,7 @@ pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: A
                 // memory); a panic in it ends that connection only.
                 let shared = broker.shared.clone();
                 let task = connection::serve(broker, stream, peer, listener.clone());
-                shared.tracker.clone().spawn(Guarded { task, shared, peer });
+                shared.tracker.clone().spawn(Guarded { task, shared });
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, keep serving.

@@ -238,9 +238,9 @@ impl Broker {
         let expiring: Vec<(ByteString, u64, u32)> = broker
             .state()
             .sessions
-            .values()
-            .filter(|s| s.expiry != u32::MAX)
-            .map(|s| (s.client_id.clone(), s.generation, s.expiry))
+            .iter()
+            .filter(|(_, s)| s.expiry != u32::MAX)
+            .map(|(client_id, s)| (client_id.clone(), s.generation, s.expiry))
             .collect();
         for (client, generation, expiry) in expiring {
             broker.expire_later(client, generation, expiry);
@@ -390,7 +390,7 @@ impl Broker {
         let (fresh, failed) = current.reload(force);
         let errors: Vec<String> = failed.iter().map(ToString::to_string).collect();
         let mut state = self.state();
-        for session in state.sessions.values() {
+        for (client_id, session) in &state.sessions {
             let (Some(identity), Some(attached)) = (&session.identity, &session.attached) else {
                 continue;
             };
@@ -401,7 +401,7 @@ impl Broker {
             if let Some(username) = &identity.username
                 && !new.same_credentials(old, username)
             {
-                tracing::info!(client = %session.client_id, %username, "credentials changed: disconnecting");
+                tracing::info!(client = %client_id, %username, "credentials changed: disconnecting");
                 attached.signal.kick(codec::reason::NOT_AUTHORIZED);
             }
         }
@@ -678,7 +678,7 @@ fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
             _ => codec::Version::V311,
         };
         let client_id = ByteString::from(client_id);
-        let mut session = Session::new(client_id.clone(), record.expiry, version);
+        let mut session = Session::new(record.expiry, version);
         session.stored = true;
         session.identity = record.realm.map(|realm| {
             Arc::new(session::Identity {

@@ -2,7 +2,7 @@
 //! (subscriptions, queued and inflight messages, QoS 2 packet ids), and how each piece
 //! is written to the store.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 
@@ -103,10 +103,10 @@ pub struct Attached {
     pub signal: Arc<Signal>,
 }
 
-/// One client's session.
+/// One client's session; its client id is its key in the broker's map. Every byte
+/// here is paid by every connected client, so the collections are B-trees (no hasher
+/// state, nothing allocated while empty) and nothing is kept twice.
 pub struct Session {
-    /// Client id.
-    pub client_id: ByteString,
     /// Session expiry after disconnect in seconds (`u32::MAX` = never; 0 = ends with
     /// the connection).
     pub expiry: u32,
@@ -116,13 +116,13 @@ pub struct Session {
     /// point, or recovered from disk): only then does ending it cost a store write.
     pub stored: bool,
     /// Subscriptions by their raw filter (with any `$share/` prefix).
-    pub subscriptions: HashMap<ByteString, Subscription>,
+    pub subscriptions: BTreeMap<ByteString, Subscription>,
     /// Messages not yet sent.
     pub queue: VecDeque<Queued>,
     /// Messages sent and not yet acknowledged, by packet id.
     pub inflight: BTreeMap<u16, Queued>,
     /// QoS 2 packet ids received, waiting for PUBREL.
-    pub incoming: HashSet<u16>,
+    pub incoming: BTreeSet<u16>,
     /// The live connection, if any.
     pub attached: Option<Attached>,
     /// Who the client logged in as, for the ACL; `None` for in-process clients
@@ -139,16 +139,15 @@ pub struct Session {
 
 impl Session {
     /// A new empty session.
-    pub fn new(client_id: ByteString, expiry: u32, version: Version) -> Self {
+    pub fn new(expiry: u32, version: Version) -> Self {
         Session {
-            client_id,
             expiry,
             version,
             stored: false,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),
-            incoming: HashSet::new(),
+            incoming: BTreeSet::new(),
             attached: None,
             identity: None,
             generation: 0,
@@ -176,8 +175,9 @@ impl Session {
         None
     }
 
-    /// The store operation that records this session (expiry and subscriptions).
-    pub fn record_op(&self) -> Op {
+    /// The store operation that records this session of `client_id` (expiry and
+    /// subscriptions).
+    pub fn record_op(&self, client_id: &str) -> Op {
         let record = SessionRecord {
             expiry: self.expiry,
             version: self.version.level(),
@@ -201,7 +201,7 @@ impl Session {
         };
         Op::Put {
             table: SESSIONS,
-            key: self.client_id.as_bytes().to_vec(),
+            key: client_id.as_bytes().to_vec(),
             value: serde_json::to_vec(&record).expect("session record serializes"),
         }
     }

@@ -6,7 +6,7 @@
 //! `Notify`, a `CancellationToken` and a timer per connection cost several times more
 //! memory, and an idle connection is mostly what it holds (docs/benchmarks.md).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,10 +31,14 @@ pub enum Ring {
 pub struct Signal {
     waker: AtomicWaker,
     flags: AtomicU32,
-    /// Milliseconds since `epoch` when the client was last heard from.
-    last_heard_ms: AtomicU64,
-    /// 1.5 x the client's keepalive in milliseconds; 0 = no keepalive.
-    patience_ms: AtomicU64,
+    /// Milliseconds since `epoch` when the client was last heard from, modulo 2^32
+    /// (about 49 days): compared by wrapping difference, which is right for any
+    /// silence shorter than that, and the longest patience is about 27 hours. 32 bits
+    /// keep the doorbell in a smaller allocation size class.
+    last_heard_ms: AtomicU32,
+    /// 1.5 x the client's keepalive in milliseconds (at most 65535 x 1500, which fits
+    /// 32 bits); 0 = no keepalive.
+    patience_ms: AtomicU32,
 }
 
 impl Signal {
@@ -43,8 +47,8 @@ impl Signal {
         Signal {
             waker: AtomicWaker::new(),
             flags: AtomicU32::new(0),
-            last_heard_ms: AtomicU64::new(now_ms),
-            patience_ms: AtomicU64::new(0),
+            last_heard_ms: AtomicU32::new(now_ms as u32),
+            patience_ms: AtomicU32::new(0),
         }
     }
 
@@ -98,18 +102,22 @@ impl Signal {
 
     /// The client must be heard from within `patience_ms` (0: never checked).
     pub fn set_patience(&self, patience_ms: u64) {
-        self.patience_ms.store(patience_ms, Ordering::Relaxed);
+        let patience = u32::try_from(patience_ms).unwrap_or(u32::MAX);
+        self.patience_ms.store(patience, Ordering::Relaxed);
     }
 
     /// The client sent something at `now_ms`.
     pub fn heard(&self, now_ms: u64) {
-        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+        self.last_heard_ms.store(now_ms as u32, Ordering::Relaxed);
     }
 
     /// Whether the client has been silent longer than its keepalive allows.
     pub fn overdue(&self, now_ms: u64) -> bool {
         let patience = self.patience_ms.load(Ordering::Relaxed);
-        patience > 0 && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) > patience
+        let silent = (now_ms as u32).wrapping_sub(self.last_heard_ms.load(Ordering::Relaxed));
+        // A difference past 2^31 is a client heard after `now_ms` was read (the sweep
+        // racing a read): not silent at all.
+        patience > 0 && silent > patience && silent < 1 << 31
     }
 }
 
@@ -162,5 +170,23 @@ mod tests {
         assert!(signal.overdue(2501));
         signal.heard(2400);
         assert!(!signal.overdue(3900));
+    }
+
+    #[test]
+    fn overdue_across_the_32_bit_wrap() {
+        let before_wrap = u64::from(u32::MAX) - 500;
+        let signal = Signal::new(before_wrap);
+        signal.set_patience(1500);
+        assert!(
+            !signal.overdue(before_wrap + 1500),
+            "1500 ms across the wrap"
+        );
+        assert!(signal.overdue(before_wrap + 1501));
+        signal.heard(before_wrap + 1000);
+        assert!(!signal.overdue(before_wrap + 2000));
+        assert!(
+            !signal.overdue(before_wrap + 999),
+            "heard after now was read"
+        );
     }
 }

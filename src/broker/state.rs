@@ -175,7 +175,10 @@ impl State {
         };
         // Every delivery is checked, so a `#` subscriber never receives a topic it
         // may not read.
-        if !self.realms.may(session, &msg.publish.topic, Access::Read) {
+        if !self
+            .realms
+            .may(client, session, &msg.publish.topic, Access::Read)
+        {
             return;
         }
         let qos = msg.publish.qos.min(options.qos);
@@ -425,7 +428,7 @@ mod tests {
         let client = ByteString::from("offline");
         state.sessions.insert(
             client.clone(),
-            Box::new(Session::new(client.clone(), u32::MAX, Version::V311)),
+            Box::new(Session::new(u32::MAX, Version::V311)),
         );
         state.subscribe(
             &client,

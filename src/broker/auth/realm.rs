@@ -178,12 +178,12 @@ impl Realms {
         Ok(Realms { by_listener })
     }
 
-    /// Whether `session`'s client may do `access` on `topic`: in-process clients may
+    /// Whether `session`'s client `client_id` may do `access` on `topic`: in-process clients may
     /// do anything; a network client's realm decides.
-    pub fn may(&self, session: &Session, topic: &str, access: Access) -> bool {
+    pub fn may(&self, client_id: &str, session: &Session, topic: &str, access: Access) -> bool {
         match &session.identity {
             None => true,
-            Some(identity) => self.identity_may(&session.client_id, identity, topic, access),
+            Some(identity) => self.identity_may(client_id, identity, topic, access),
         }
     }
 
