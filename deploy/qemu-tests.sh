@@ -50,16 +50,22 @@ fi
 #    supervisors, clock, templates), the nodes and Rhai scripts, the redb store with its
 #    group commit and per-node state, the broker's codec, sessions, in-process link,
 #    WebSocket framing and TLS set-up (ring's ARM code), WebAssembly plugins from WAT
-#    (src/plugin: Cranelift on aarch64, the Pulley interpreter on armv7), and serial
-#    ports over pseudo-terminals (src/nodes/serial, serial.in/out: the TCGETS/TCSETS
-#    fallback, since qemu-user 7.2 answers ENOSYS to TCGETS2);
+#    (src/plugin, nodes::transforms::wasm: Cranelift on aarch64, the Pulley interpreter
+#    on armv7), and serial ports over pseudo-terminals (src/nodes/serial, serial.in/out:
+#    the TCGETS/TCSETS fallback, since qemu-user 7.2 answers ENOSYS to TCGETS2);
 #  - the broker over loopback TCP with a durable store, restarted on the same data:
 #    tests/broker_in_process.rs.
+# Only those two test binaries are built (`--lib --test broker_in_process`), not the
+# process tests: building them would cost CI minutes for nothing that can run here.
+# Both targets are built by one cargo invocation, so the host parts (build scripts,
+# proc macros: the same for both) are compiled once and the two trees share the cores.
+target_args=()
+for target in "${targets[@]}"; do target_args+=(--target "$target"); done
+echo "== ${targets[*]}: building the test binaries (profile arm-test)"
+cargo test --locked --profile arm-test "${target_args[@]}" --no-run \
+  --lib --test broker_in_process
 for target in "${targets[@]}"; do
-  echo "== $target: building the test binaries (profile arm-test)"
-  cargo test --locked --profile arm-test --target "$target" --no-run \
-    --lib --test broker_in_process
-  echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker (under qemu)"
+  echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker, plugins, serial (under qemu)"
   # Skipped here only: that test asserts serialport set the speed through TCSETS2
   # (CBAUD == BOTHER); under qemu-user the TCGETS/TCSETS fallback sets B57600 instead,
   # which is the fallback working. The rest of that test and the other pty tests run.
