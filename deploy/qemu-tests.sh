@@ -50,16 +50,22 @@ fi
 #    supervisors, clock, templates), the nodes and Rhai scripts, the redb store with its
 #    group commit and per-node state, the broker's codec, sessions, in-process link,
 #    WebSocket framing and TLS set-up (ring's ARM code), WebAssembly plugins from WAT
-#    (src/plugin: Cranelift on aarch64, the Pulley interpreter on armv7), and serial
-#    ports over pseudo-terminals (src/nodes/serial, serial.in/out: the TCGETS/TCSETS
-#    fallback, since qemu-user 7.2 answers ENOSYS to TCGETS2);
+#    (src/plugin, nodes::transforms::wasm: Cranelift on aarch64, the Pulley interpreter
+#    on armv7), and serial ports over pseudo-terminals (src/nodes/serial, serial.in/out:
+#    the TCGETS/TCSETS fallback, since qemu-user 7.2 answers ENOSYS to TCGETS2);
 #  - the broker over loopback TCP with a durable store, restarted on the same data:
 #    tests/broker_in_process.rs.
+# Only those two test binaries are built (`--lib --test broker_in_process`), not the
+# process tests: building them would cost CI minutes for nothing that can run here.
+# One target at a time, not `--target A --target B` in one cargo run: that unifies
+# wasmtime's features across both targets (armv7's `pulley` would be built into the
+# aarch64 binaries, which then are not what ships). The host parts (build scripts,
+# proc macros) are shared anyway: the second target reuses them from target/arm-test.
 for target in "${targets[@]}"; do
   echo "== $target: building the test binaries (profile arm-test)"
   cargo test --locked --profile arm-test --target "$target" --no-run \
     --lib --test broker_in_process
-  echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker (under qemu)"
+  echo "== $target: library unit tests: flow engine, nodes, scripts, store, broker, plugins, serial (under qemu)"
   # Skipped here only: that test asserts serialport set the speed through TCSETS2
   # (CBAUD == BOTHER); under qemu-user the TCGETS/TCSETS fallback sets B57600 instead,
   # which is the fallback working. The rest of that test and the other pty tests run.
