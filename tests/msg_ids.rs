@@ -6,24 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use common::Gateway;
-
-/// Polls `probe` until it returns `Some`; the bound only turns a hang into a failure.
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{Gateway, eventually};
 
 /// Rows per `run` in the SQLite file, or `None` while it is not there yet.
 fn rows_per_run(db: &Path) -> Option<Vec<(String, i64)>> {

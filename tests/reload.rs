@@ -14,7 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, PATIENCE, subscribe_on};
+use common::{Gateway, PATIENCE, eventually, subscribe_on};
+
+/// [`eventually`] for a plain condition.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    eventually(what, || condition().then_some(()));
+}
 
 /// The process under test with its broker and API ports.
 struct Hub {
@@ -228,15 +233,6 @@ impl Publisher {
         self.client.disconnect().unwrap();
         self.events.join().unwrap();
         self.acked.lock().unwrap().clone()
-    }
-}
-
-/// Polls `condition` until it holds; the bound only turns a hang into a failure.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE * 2;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

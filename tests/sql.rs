@@ -19,30 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
-use common::{Gateway, free_port, line_reader};
-
-/// How long a poll waits before it fails the test (it never decides success).
-const PATIENCE: Duration = Duration::from_secs(60);
+use common::{Gateway, eventually, free_port, line_reader};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A private PostgreSQL cluster in a temporary directory.

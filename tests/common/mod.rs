@@ -13,6 +13,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Polls `probe` until it returns `Some`, for state with no event to wait on (rows in a
+/// database, lines in a file). The bound, twice [`PATIENCE`], only turns a hang into a
+/// failure; it never decides success.
+pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How long a test waits for a line before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
