@@ -645,3 +645,25 @@ async fn only_keys_new_to_the_store_and_deleted_last_are_skipped() {
     );
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_linger_ends_once_what_it_waits_for_is_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A linger of an hour: the commit below finishes only because the Delete of the key
+    // it put ends the wait (the hour would outlast the timeout).
+    let store = Store::open(StoreOptions {
+        linger: Duration::from_secs(3600),
+        ..on_file(&dir.path().join("s.redb"))
+    })
+    .unwrap();
+    let queued = store.commit_queued(vec![put("m1", "message")]);
+    store.commit_lazy(vec![delete("m1")]);
+    tokio::time::timeout(EVENT_TIMEOUT, queued)
+        .await
+        .expect("the linger ended when its key was consumed")
+        .unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.fsyncs, stats.consumed), (0, 2), "{stats:?}");
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+    store.close().await.unwrap();
+}

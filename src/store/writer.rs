@@ -21,9 +21,12 @@
 //! the publisher's commit was still gathering company never reaches the disk, and when
 //! nothing else is left, neither does the batch (no transaction, no fsync). RabbitMQ's
 //! queues skip the disk the same way for messages consumed before they are persisted.
+//! A linger ends early once every key its durable waiters put has been deleted again:
+//! at 1000 msg/s the next publish would otherwise join the batch and need its fsync.
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -166,6 +169,12 @@ impl Writer {
         let mut next = Some(first);
         // Set by the first durable waiter: the batch may wait for company until then.
         let mut linger_until = None;
+        // Keys (hashed) that durable requests of this batch put and no later Delete in it
+        // removed. Once a Delete has taken the last of them, the batch will write nothing
+        // those waiters need (see `without_consumed`), so waiting longer only delays their
+        // answers. A hash collision merely ends a linger early.
+        let mut awaited = HashSet::new();
+        let mut consumed_any = false;
         while let Some(request) = next {
             match request {
                 Request::Commit { ops, done } => {
@@ -173,6 +182,17 @@ impl Writer {
                     count += ops.len().max(1);
                     if done.is_some() && linger_until.is_none() {
                         linger_until = Some(Instant::now() + self.linger);
+                    }
+                    for op in &ops {
+                        match op {
+                            Op::Put { table, key, .. } if done.is_some() => {
+                                awaited.insert(key_hash(*table, key));
+                            }
+                            Op::Delete { table, key } => {
+                                consumed_any |= awaited.remove(&key_hash(*table, key));
+                            }
+                            _ => {}
+                        }
                     }
                     pending.push(Pending { ops, done });
                 }
@@ -186,6 +206,7 @@ impl Writer {
             // company, and waiting would only stretch every cycle.
             if next.is_none()
                 && pending.len() < LINGER_BELOW
+                && !(consumed_any && awaited.is_empty())
                 && let Some(until) = linger_until
             {
                 let left = until.saturating_duration_since(Instant::now());
@@ -433,6 +454,14 @@ impl Writer {
         let stats = stats?;
         Ok(stats.allocated_pages() * stats.page_size() as u64)
     }
+}
+
+/// A hash of one key of one table, for `gather`'s bookkeeping.
+fn key_hash(table: Table, key: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    table.hash(&mut hasher);
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Applies `ops` in order inside `txn`, opening each table once per transaction.
