@@ -354,6 +354,12 @@ pub fn render(state: &super::ApiContext) -> String {
             stats.fsyncs as f64,
         );
         x.one(
+            "headwater_store_consumed_operations_total",
+            "counter",
+            "Store operations never written: their batch created and deleted the same key.",
+            stats.consumed as f64,
+        );
+        x.one(
             "headwater_store_operations_total",
             "counter",
             "Store operations (puts and deletes) committed.",

@@ -136,6 +136,9 @@ pub struct StoreStats {
     pub ops: u64,
     /// Transactions committed with an fsync (`Durability::Immediate`).
     pub fsyncs: u64,
+    /// Operations never written because their batch created and deleted the same key
+    /// (a message acknowledged before its commit ran).
+    pub consumed: u64,
 }
 
 /// Shared between the handles and the writer thread.
@@ -145,6 +148,7 @@ struct Counters {
     transactions: AtomicU64,
     ops: AtomicU64,
     fsyncs: AtomicU64,
+    consumed: AtomicU64,
     /// Set by the writer when it stops because of a `close`, as opposed to a panic.
     closed: AtomicBool,
     /// How long each write transaction took to apply and commit (fsync included).
@@ -372,6 +376,7 @@ impl Store {
             transactions: counters.transactions.load(Ordering::Relaxed),
             ops: counters.ops.load(Ordering::Relaxed),
             fsyncs: counters.fsyncs.load(Ordering::Relaxed),
+            consumed: counters.consumed.load(Ordering::Relaxed),
         }
     }
 }

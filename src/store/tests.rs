@@ -216,7 +216,8 @@ async fn queued_commits_share_one_transaction_and_one_fsync() {
             requests: 64,
             transactions: 1,
             ops: 64,
-            fsyncs: 1
+            fsyncs: 1,
+            consumed: 0
         }
     );
     assert_eq!(store.scan(T, b"k").unwrap().len(), 64);
@@ -538,5 +539,131 @@ async fn a_durable_commit_lingers_for_company() {
     second.unwrap();
     let stats = store.stats();
     assert_eq!((stats.transactions, stats.fsyncs), (1, 1), "{stats:?}");
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_created_and_deleted_in_one_batch_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (store, hold, events) = Store::open_held(on_file(&path), INTERVAL).unwrap();
+    // A message queued durably, then acknowledged (a lazy delete) before the writer ran:
+    // both wait behind the hold and form one batch.
+    let mut queued = Box::pin(store.commit(vec![put("m1", "message")]));
+    assert!(futures::poll!(queued.as_mut()).is_pending());
+    store.commit_lazy(vec![delete("m1")]);
+    drop(hold);
+    queued.await.unwrap();
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.transactions, stats.fsyncs, stats.consumed),
+        (0, 0, 2),
+        "{stats:?}"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(
+        events.try_iter().collect::<Vec<_>>(),
+        Vec::<BatchEvent>::new()
+    );
+    let store = Store::open(on_file(&path)).unwrap();
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+}
+
+#[tokio::test]
+async fn only_keys_new_to_the_store_and_deleted_last_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    // Every batch below is exactly two requests: the first (durable) lingers for the
+    // second, which fills the batch (see a_durable_commit_lingers_for_company).
+    let store = Store::open(StoreOptions {
+        linger: Duration::from_secs(30),
+        max_batch_ops: 2,
+        ..on_file(&path)
+    })
+    .unwrap();
+    store
+        .commit(vec![put("old", "1"), put("other", "1")])
+        .await
+        .unwrap();
+    let pair = |first: Vec<Op>, second: Vec<Op>| {
+        let first = store.commit_queued(first);
+        store.commit_lazy(second);
+        first
+    };
+    // A key that existed: Put then Delete is a Delete, and it is written.
+    pair(vec![put("old", "2")], vec![delete("old")])
+        .await
+        .unwrap();
+    assert_eq!(store.get(T, b"old").unwrap(), None);
+    assert_eq!(store.stats().consumed, 0);
+    // A new key put again after its delete stays.
+    pair(
+        vec![put("again", "1")],
+        vec![delete("again"), put("again", "2")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.get(T, b"again").unwrap().as_deref(),
+        Some(b"2".as_slice())
+    );
+    assert_eq!(store.stats().consumed, 0);
+    // A prefix delete in the same table keeps everything in it.
+    pair(
+        vec![put("p1", "1")],
+        vec![
+            delete("p1"),
+            Op::DeletePrefix {
+                table: T,
+                prefix: b"zz".to_vec(),
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.get(T, b"p1").unwrap(), None);
+    assert_eq!(store.stats().consumed, 0);
+    // A new key put and deleted: skipped, while the rest of the batch is written.
+    let before = store.stats();
+    pair(vec![put("new", "1")], vec![delete("new"), put("kept", "1")])
+        .await
+        .unwrap();
+    let after = store.stats();
+    assert_eq!(after.consumed, 2, "{after:?}");
+    assert_eq!(after.transactions, before.transactions + 1);
+    assert_eq!(after.ops, before.ops + 1);
+    assert_eq!(store.get(T, b"new").unwrap(), None);
+    assert_eq!(
+        store.get(T, b"kept").unwrap().as_deref(),
+        Some(b"1".as_slice())
+    );
+    assert_eq!(
+        store.get(T, b"other").unwrap().as_deref(),
+        Some(b"1".as_slice())
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_linger_ends_once_what_it_waits_for_is_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A linger of an hour: the commit below finishes only because the Delete of the key
+    // it put ends the wait (the hour would outlast the timeout).
+    let store = Store::open(StoreOptions {
+        linger: Duration::from_secs(3600),
+        ..on_file(&dir.path().join("s.redb"))
+    })
+    .unwrap();
+    let queued = store.commit_queued(vec![put("m1", "message")]);
+    store.commit_lazy(vec![delete("m1")]);
+    tokio::time::timeout(EVENT_TIMEOUT, queued)
+        .await
+        .expect("the linger ended when its key was consumed")
+        .unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.fsyncs, stats.consumed), (0, 2), "{stats:?}");
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
     store.close().await.unwrap();
 }
