@@ -137,15 +137,9 @@ fn the_api_serves_a_running_process_and_headwater_tap_prints_its_messages() {
             .unwrap()
     };
     let first = emitted(port);
-    let mut moved = false;
-    for _ in 0..600 {
-        if emitted(port) > first {
-            moved = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(moved, "the timer's counter never moved");
+    common::eventually("the timer's counter to move", || {
+        (emitted(port) > first).then_some(())
+    });
 
     // `headwater tap` on the quiet branch prints exactly what is injected there.
     let token_file = dir.path().join("api-token");

@@ -13,26 +13,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Gateway, subscribe_on};
+use common::{Gateway, build_plugins, subscribe_on};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `plugins/build.sh` (it only redoes what changed), so the flow loads a module
-/// built from the current sources.
-fn build_plugins() {
-    let output = Command::new(root().join("plugins/build.sh"))
-        // The plugins have their own workspace and target dir.
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run plugins/build.sh");
-    assert!(
-        output.status.success(),
-        "plugins/build.sh failed (test.sh installs its toolchains):\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// `headwater run flows/plugin-moving-average.yaml` with the broker on a free port;

@@ -8,32 +8,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use common::{Gateway, PATIENCE, Subscriber, subscribe_on};
+use common::{Gateway, Subscriber, build_plugins, subscribe_on};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `plugins/build.sh` once per test binary (it only redoes what changed), so the
-/// flows load modules built from the current sources.
-fn build_plugins() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let output = Command::new(root().join("plugins/build.sh"))
-            // The plugins have their own workspace and target dir.
-            .env_remove("CARGO_TARGET_DIR")
-            .output()
-            .expect("run plugins/build.sh");
-        assert!(
-            output.status.success(),
-            "plugins/build.sh failed (test.sh installs its toolchains):\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
 }
 
 /// Starts `headwater run flows/FLOW` with the broker on a free port, data in `data`;
@@ -138,15 +117,7 @@ fn threshold_alert_forks_alerts_to_a_second_port_and_drops_what_it_cannot_read()
     let expected = [readings[0], readings[1], readings[3]]
         .map(|r| format!("{r}\n"))
         .concat();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.lines().count() >= 3 || Instant::now() > deadline {
-            assert_eq!(text, expected);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(common::file_with_lines(&file, 3), expected);
     stop(gateway);
 }
 

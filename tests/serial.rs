@@ -8,9 +8,8 @@ use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{Gateway, PATIENCE, line_reader, subscribe_on};
+use common::{Gateway, line_reader, subscribe_on};
 
 /// A pty pair: the slave's path is the sensor's port, the master is the sensor.
 struct Sensor {
@@ -81,26 +80,13 @@ fn flow() -> String {
 /// The rows of the CSV once it has `rows` of them besides the header (bounded wait: a
 /// file that never fills is a failure, not a hang).
 fn csv_rows(path: &Path, rows: usize) -> Vec<Vec<String>> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        if lines.len() > rows {
-            assert_eq!(lines[0], "payload.unix,payload.time,payload.id,payload.lux");
-            return lines[1..]
-                .iter()
-                .map(|l| l.split(',').map(str::to_string).collect())
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has {} lines, not {}",
-            path.display(),
-            lines.len(),
-            rows + 1
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let text = common::file_with_lines(path, rows + 1);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "payload.unix,payload.time,payload.id,payload.lux");
+    lines[1..]
+        .iter()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
 }
 
 #[test]

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::Gateway;
 
@@ -87,22 +86,10 @@ fn plugin_check_reports_good_and_bad_modules() {
 
 /// Lines of `path`, waiting (bounded) until there are `n` of them.
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lines: Vec<String> = std::fs::read_to_string(path)
-            .map(|text| text.lines().map(str::to_string).collect())
-            .unwrap_or_default();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: {} of {n} lines after 60 s",
-            path.display(),
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::file_with_lines(path, n)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Starts `headwater run` on `flow` with `data`, without the broker.

@@ -30,6 +30,14 @@ pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The text of `path` once it has at least `lines` lines (a sink's file filling up).
+pub fn file_with_lines(path: &Path, lines: usize) -> String {
+    eventually(&format!("{} to have {lines} lines", path.display()), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        (text.lines().count() >= lines).then_some(text)
+    })
+}
+
 /// How long a test waits for a line before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -280,3 +288,22 @@ pub fn mosquitto_with(dir: &Path, extra: &str) -> Mosquitto {
 
 /// A test PKI (CAs, server and client certificates, CRLs) as PEM files.
 pub mod pki;
+
+/// Runs `plugins/build.sh` once per test binary (it only redoes what changed), so flows
+/// load modules built from the current sources.
+pub fn build_plugins() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let output = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/build.sh"))
+            // The plugins have their own workspace and target dir.
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run plugins/build.sh");
+        assert!(
+            output.status.success(),
+            "plugins/build.sh failed (test.sh installs its toolchains):\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
