@@ -482,16 +482,7 @@ rhai: |
 ";
         let store = crate::engine::StateStore::memory();
         let kv = store.node("test/node");
-        let start = || {
-            NodeHarness::start_with_state(
-                "script",
-                script,
-                Clock::system(),
-                std::env::temp_dir(),
-                store.clone(),
-            )
-            .unwrap()
-        };
+        let start = || start_on_state(script, &store);
         let mut h = start();
         for payload in ["a", "fail", "b"] {
             h.send(Msg::new("t", payload, 0)).await;
@@ -519,6 +510,18 @@ rhai: |
         h.shutdown().await;
     }
 
+    /// A script node whose persistent state lives in `store` (in memory, node `test/node`).
+    fn start_on_state(script: &str, store: &crate::engine::StateStore) -> NodeHarness {
+        NodeHarness::start_with_state(
+            "script",
+            script,
+            Clock::system(),
+            std::env::temp_dir(),
+            store.clone(),
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_batch_shares_one_commit_and_nothing_leaves_before_it() {
         let script = "\
@@ -531,14 +534,7 @@ rhai: |
 ";
         let store = crate::engine::StateStore::memory();
         let kv = store.node("test/node");
-        let mut h = NodeHarness::start_with_state(
-            "script",
-            script,
-            Clock::system(),
-            std::env::temp_dir(),
-            store.clone(),
-        )
-        .unwrap();
+        let mut h = start_on_state(script, &store);
         let before = store.store().stats().requests;
         // Queued before the node runs (this runtime has one thread), so they come in few
         // batches; each run reads the writes of the runs before it in its batch.
@@ -576,14 +572,7 @@ rhai: |
         let script = "rhai: 'state.n = state.get(\"n\", 0) + 1; if msg.payload == \"drop\" { return (); } msg'";
         let store = crate::engine::StateStore::memory();
         let kv = store.node("test/node");
-        let mut h = NodeHarness::start_with_state(
-            "script",
-            script,
-            Clock::system(),
-            std::env::temp_dir(),
-            store.clone(),
-        )
-        .unwrap();
+        let mut h = start_on_state(script, &store);
         h.send(Msg::new("t", "x", 0)).await;
         assert_eq!(h.recv("out").await.unwrap().payload, "x");
         assert_eq!(kv.get("n").unwrap(), Some(b"1".to_vec()));
@@ -618,14 +607,7 @@ rhai: |
 ";
         let store = crate::engine::StateStore::memory();
         let kv = store.node("test/node");
-        let mut h = NodeHarness::start_with_state(
-            "script",
-            script,
-            Clock::system(),
-            std::env::temp_dir(),
-            store.clone(),
-        )
-        .unwrap();
+        let mut h = start_on_state(script, &store);
         let mut outcomes = Vec::new();
         for payload in ["a", "b", "boom", "c"] {
             let (msg, outcome) = tracked("t", payload);
