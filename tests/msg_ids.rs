@@ -34,22 +34,17 @@ fn rows_per_run(db: &Path) -> Option<Vec<(String, i64)>> {
 }
 
 fn start(flow: &Path, data: &Path, run: &str) -> Gateway {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args([
+    Gateway::start_with_env(
+        &[
             "--data-dir",
             data.to_str().unwrap(),
             "run",
             "--listen",
             "127.0.0.1:0",
-        ])
-        .arg(flow)
-        .env("RUN", run)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start headwater");
-    let lines = common::line_reader(child.stderr.take().unwrap());
-    Gateway { child, lines }
+            flow.to_str().unwrap(),
+        ],
+        &[("RUN", run)],
+    )
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{Gateway, eventually, free_port, line_reader};
+use common::{Gateway, eventually, free_port};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -225,22 +225,17 @@ impl Drop for Postgres {
 
 /// `headwater --data-dir DATA run --listen 127.0.0.1:0 FLOW` with extra environment.
 fn gateway(data: &Path, flow: &Path, env: &[(&str, &str)]) -> Gateway {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args([
+    Gateway::start_with_env(
+        &[
             "--data-dir",
             data.to_str().unwrap(),
             "run",
             "--listen",
             "127.0.0.1:0",
-        ])
-        .arg(flow)
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start headwater");
-    let lines = line_reader(child.stderr.take().unwrap());
-    Gateway { child, lines }
+            flow.to_str().unwrap(),
+        ],
+        env,
+    )
 }
 
 /// Publishes `{"n":N}` on `topic` with QoS 1; `true` once the broker's PUBACK arrived.

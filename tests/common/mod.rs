@@ -81,8 +81,14 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `headwater ARGS...`.
     pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_with_env(args, &[])
+    }
+
+    /// Starts `headwater ARGS...` with `env` added to its environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_headwater"))
             .args(args)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
