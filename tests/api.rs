@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use common::{Gateway, line_reader, wait_line};
+use common::{Gateway, http, line_reader, wait_line};
 
 const TOKEN: &str = "api-test-token-0123456789";
 
@@ -43,35 +41,6 @@ flows:
         flow.to_str().unwrap().to_string(),
         settings.to_str().unwrap().to_string(),
     )
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the api");
-    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "this client reads fixed-length bodies only"
-    );
-    (status, body.to_string())
 }
 
 fn json(port: u16, path: &str) -> serde_json::Value {

@@ -313,3 +313,35 @@ pub fn build_plugins() {
         );
     });
 }
+
+/// One HTTP/1.1 request to the admin API on `port` with `Connection: close`, a bearer
+/// `token` if given and a JSON `body`; returns status and body.
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the api");
+    // Bounded well above the API's own limits (a reload may take up to 60 s).
+    stream.set_read_timeout(Some(PATIENCE * 3)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    use std::io::Write;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "this client reads fixed-length bodies only"
+    );
+    (status, body.to_string())
+}
