@@ -3,7 +3,10 @@
 //! It keeps the host's rules: emits and key/value writes of a failed call are
 //! discarded, an emit to an unknown port is refused, keys and values are bounded.
 //!
-//! State is per thread (the test runner gives each test its own thread).
+//! The host's state is per thread (the test runner gives each test its own thread), but
+//! a plugin's [`Global`](crate::Global)s are statics shared by every thread, so the
+//! tests that call [`reset`] run one at a time: the first `reset` of a thread waits
+//! for the previous such test's thread to end.
 
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
@@ -73,8 +76,29 @@ thread_local! {
     static HOST: RefCell<Host> = const { RefCell::new(Host::new()) };
 }
 
-/// Forgets all state: time 0, one port, no keys.
+/// Held by the thread of the test that uses the host; see the module's documentation.
+static INSTANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+thread_local! {
+    static HOLDS_INSTANCE: RefCell<Option<std::sync::MutexGuard<'static, ()>>> =
+        const { RefCell::new(None) };
+}
+
+/// Forgets all state: time 0, one port, no keys. The first call on a thread also waits
+/// until no other test thread uses the plugin (its `Global`s are shared), and keeps it
+/// to itself until the thread (the test) ends.
 pub fn reset() {
+    HOLDS_INSTANCE.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.is_none() {
+            // A test that panicked poisons it; the next one starts from `reset` anyway.
+            *held = Some(
+                INSTANCE
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+        }
+    });
     HOST.with(|host| *host.borrow_mut() = Host::new());
 }
 
