@@ -280,9 +280,40 @@ impl Future for ConnectionTask {
 }
 
 impl Running {
+    /// Serves the connection until it ends, ringing the store for quiet commits.
+    ///
+    /// A publish handed to subscribers now queues its commit without waking the store's
+    /// writer (`on_publish`), so the writer thread does not take a core in the middle of
+    /// the delivery. What wakes it instead: usually the subscriber's acknowledgement (its
+    /// delete is an ordinary commit, and the writer finds the message consumed); failing
+    /// that, the store's linger later, the timer armed here. It is disarmed once every
+    /// commit of this connection is answered, so the common case costs no timer wake-up.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let polled = self.poll_events(cx);
+        if self.conn.store_ring.is_some() {
+            let ring = match &polled {
+                Poll::Ready(_) => true,
+                Poll::Pending if self.conn.pending.is_empty() => {
+                    self.conn.store_ring = None;
+                    false
+                }
+                Poll::Pending => self
+                    .conn
+                    .store_ring
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready()),
+            };
+            if ring {
+                self.conn.store_ring = None;
+                self.conn.broker.shared.store.ring();
+            }
+        }
+        polled
+    }
+
     /// Writes what is buffered, then waits for the next event and handles it, until
     /// the connection ends.
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         loop {
             match self.conn.poll_flush(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -470,6 +501,10 @@ pub(crate) struct Connection {
     taken_over: bool,
     /// A DISCONNECT went out: nothing may follow it [MQTT-3.14.4-1].
     disconnect_sent: bool,
+    /// Set while a commit queued without waking the store's writer is unanswered: when
+    /// it fires, the writer is rung (see `Running::poll_run`). Boxed and made on use: a
+    /// timer is large, and only publishing connections ever arm one.
+    store_ring: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -494,6 +529,7 @@ impl Connection {
             inbound_unacked: 0,
             taken_over: false,
             disconnect_sent: false,
+            store_ring: None,
         }
     }
 
@@ -1187,8 +1223,9 @@ impl Connection {
             inbound_done: qos == Qos::AtLeastOnce,
         };
         if !(ops.is_empty() && after.replies.is_empty() && after.deliveries.is_empty()) {
-            // Queues the commit first: see `after_commit`.
-            self.after_commit(ops, after);
+            // Queues the commit first: see `after_commit`. Quietly when messages go out
+            // now: the writer is woken after they are written (`Running::poll_run`).
+            self.queue_after_commit(ops, after, !now.is_empty());
         }
         if !now.is_empty() {
             for signal in self.broker.state().apply(now) {
@@ -1201,9 +1238,28 @@ impl Connection {
     /// Queues `after` behind a durable commit of `ops` (none when empty), in order
     /// with everything queued before.
     fn after_commit(&mut self, ops: Vec<Op>, after: After) {
+        self.queue_after_commit(ops, after, false);
+    }
+
+    /// [`Connection::after_commit`]; `quiet` leaves the store's writer asleep until
+    /// something else wakes it or the store's linger has passed (`Running::poll_run`).
+    fn queue_after_commit(&mut self, ops: Vec<Op>, after: After, quiet: bool) {
         // Queued in the store now, so a delivery handed over before the commit lands
         // (see `on_publish`) cannot have its acknowledgement's delete overtake it.
-        let commit = (!ops.is_empty()).then(|| self.broker.shared.store.commit_queued(ops));
+        let commit = (!ops.is_empty()).then(|| {
+            let store = &self.broker.shared.store;
+            if quiet && !store.linger().is_zero() {
+                let (commit, must_ring) = store.commit_quiet(ops);
+                // A busy writer comes back for it by itself: no timer under load.
+                if must_ring && self.store_ring.is_none() {
+                    let at = tokio::time::Instant::now() + store.linger();
+                    self.store_ring = Some(Box::pin(tokio::time::sleep_until(at)));
+                }
+                futures::future::Either::Left(commit)
+            } else {
+                futures::future::Either::Right(store.commit_queued(ops))
+            }
+        });
         self.pending.push_back(Box::pin(async move {
             let result = match commit {
                 Some(commit) => commit.await,

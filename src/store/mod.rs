@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - Only the writer thread (`writer.rs`) opens write transactions; callers hand it
-//!   operations over a channel and never touch redb's writer themselves.
+//!   operations through a FIFO queue (`queue.rs`) and never touch redb's writer
+//!   themselves.
 //! - [`Store::commit`] returns only after its operations are fsynced (or failed), and the
 //!   operations of one call are applied atomically, in the order calls were submitted.
 //! - Readers ([`Store::get`], [`Store::scan`]) use redb read transactions (MVCC
@@ -12,19 +13,24 @@
 //! - Nothing here is global: every [`Store`] is its own database and writer thread.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+#[cfg(test)]
+use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
 pub mod histogram;
+mod queue;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
+use queue::RequestQueue;
 use writer::{Request, Writer};
 
 /// Names a table; each subsystem declares its own constants, e.g.
@@ -156,23 +162,31 @@ struct Counters {
 }
 
 /// What every clone of a [`Store`] shares.
-///
-/// Field order matters: fields drop in declaration order, so `sender` is gone (which ends
-/// the writer's loop after a final flush) before `_writer` joins the thread.
 struct Inner {
     /// Requests to the writer thread. Unbounded on purpose: a durable caller waits for its
     /// own completion, so the queue is bounded by the callers' own in-flight limits (the
     /// broker's receive maximum per connection), and a lazy caller must never block.
-    sender: mpsc::Sender<Request>,
+    queue: Arc<RequestQueue>,
     /// Read transactions are opened here, beside the writer, never through it.
     db: Arc<Database>,
     counters: Arc<Counters>,
+    /// [`StoreOptions::linger`]: how long a quiet commit may wait for its ring.
+    linger: std::time::Duration,
     /// Held only for its `Drop`, which joins the writer thread.
     _writer: JoinOnDrop,
 }
 
+impl Drop for Inner {
+    /// Tells the writer no more requests come, which ends its loop after a final flush;
+    /// `_writer` then joins the thread (fields drop after this runs).
+    fn drop(&mut self) {
+        self.queue.handles_gone();
+    }
+}
+
 /// Joins the writer thread when the last handle goes, so the final flush has happened
-/// once the last `Store` is dropped. It cannot hang: the sender is already dropped, so
+/// once the last `Store` is dropped. It cannot hang: the queue already says the handles
+/// are gone, so
 /// the writer ends after at most the batch it is writing and one flush.
 struct JoinOnDrop(Option<JoinHandle<()>>);
 
@@ -233,18 +247,20 @@ impl Store {
                 .map_err(db_error)?,
         };
         let db = Arc::new(db);
-        let (sender, receiver) = mpsc::channel();
+        let linger = options.linger;
+        let queue = Arc::new(RequestQueue::new());
         let counters = Arc::new(Counters::default());
-        let writer = Writer::new(db.clone(), receiver, counters.clone(), &options, probe);
+        let writer = Writer::new(db.clone(), queue.clone(), counters.clone(), &options, probe);
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                sender,
+                queue,
                 db,
                 counters,
+                linger,
                 _writer: JoinOnDrop(Some(thread)),
             }),
         })
@@ -252,10 +268,10 @@ impl Store {
 
     fn submit(&self, request: Request) -> Result<(), StoreError> {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        // The send fails only once the writer has ended (closed, or panicked).
+        // The push fails only once the writer has ended (closed, or panicked).
         self.inner
-            .sender
-            .send(request)
+            .queue
+            .push(request)
             .map_err(|_| StoreError::Closed)
     }
 
@@ -280,12 +296,60 @@ impl Store {
         let submitted = self.submit(Request::Commit {
             ops,
             done: Some(done),
+            queued_at: Instant::now(),
         });
-        async move {
-            submitted?;
-            // The writer completes every waiter; a dropped completion means it ended first.
-            wait.await.map_err(|_| StoreError::Closed)?
-        }
+        Store::completion(submitted, wait)
+    }
+
+    /// [`Store::commit_queued`] without waking the writer thread: the request has its
+    /// place in the queue now, but the writer sleeps on until another request wakes it
+    /// (it then takes this one too) or someone calls [`Store::ring`]. When the returned
+    /// flag is `true` (the writer was asleep), the caller must ring within
+    /// [`Store::linger`] unless the commit has completed by then: the wait replaces the
+    /// writer's linger. When `false`, the writer is busy and takes the request when it
+    /// comes back to the queue.
+    ///
+    /// For the broker's QoS 1 delivery path: the subscriber's acknowledgement, a lazy
+    /// delete of the same key, usually wakes the writer, which then finds the message
+    /// consumed and writes nothing; the writer never takes a core in the middle of the
+    /// delivery.
+    pub fn commit_quiet(
+        &self,
+        ops: Vec<Op>,
+    ) -> (
+        impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        bool,
+    ) {
+        let (done, wait) = oneshot::channel();
+        self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let pushed = self.inner.queue.push_quiet(Request::Commit {
+            ops,
+            done: Some(done),
+            queued_at: Instant::now(),
+        });
+        let must_ring = matches!(pushed, Ok(true));
+        let submitted = pushed.map(|_| ()).map_err(|_| StoreError::Closed);
+        (Store::completion(submitted, wait), must_ring)
+    }
+
+    /// Wakes the writer for requests queued by [`Store::commit_quiet`]; does nothing when
+    /// there are none.
+    pub fn ring(&self) {
+        self.inner.queue.ring();
+    }
+
+    /// How long a durable commit waits for company before its batch is written.
+    pub fn linger(&self) -> std::time::Duration {
+        self.inner.linger
+    }
+
+    async fn completion(
+        submitted: Result<(), StoreError>,
+        wait: oneshot::Receiver<Result<(), StoreError>>,
+    ) -> Result<(), StoreError> {
+        submitted?;
+        // The writer completes every waiter; a dropped completion means it ended first.
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Applies `ops` in the next batch without waiting and without forcing an fsync; they
@@ -293,7 +357,12 @@ impl Store {
     /// relative to other commits from the same caller is kept. A failure (quota, database)
     /// is logged, since nobody waits for it.
     pub fn commit_lazy(&self, ops: Vec<Op>) {
-        if self.submit(Request::Commit { ops, done: None }).is_err() {
+        let lazy = Request::Commit {
+            ops,
+            done: None,
+            queued_at: Instant::now(),
+        };
+        if self.submit(lazy).is_err() {
             tracing::debug!("lazy store commit after close dropped");
         }
     }
@@ -344,7 +413,7 @@ impl Store {
     /// Closing twice is not an error.
     pub async fn close(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        let answer = match self.inner.sender.send(Request::Close(done)) {
+        let answer = match self.inner.queue.push(Request::Close(done)) {
             Ok(()) => wait.await,
             Err(_) => return self.closed_before(),
         };

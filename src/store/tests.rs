@@ -667,3 +667,26 @@ async fn a_linger_ends_once_what_it_waits_for_is_consumed() {
     assert_eq!(store.get(T, b"m1").unwrap(), None);
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_quiet_commit_keeps_its_place_and_completes_once_rung() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (store, hold, events) = Store::open_held(on_file(&path), INTERVAL).unwrap();
+    // What the broker does for a QoS 1 message it hands to a persistent subscriber: the
+    // Put is queued quietly, the subscriber's acknowledgement queues the Delete after it,
+    // and the publisher's connection rings the writer afterwards.
+    let (queued, _) = store.commit_quiet(vec![put("m1", "message")]);
+    store.commit_lazy(vec![delete("m1")]);
+    let (kept, _) = store.commit_quiet(vec![put("m2", "kept")]);
+    drop(hold);
+    store.ring();
+    queued.await.unwrap();
+    kept.await.unwrap();
+    // The Delete did not overtake the Put: both vanished together, and m2 is durable.
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+    assert_eq!(store.get(T, b"m2").unwrap(), Some(b"kept".to_vec()));
+    assert_eq!(events.try_iter().collect::<Vec<_>>(), vec![event(1, true)]);
+    assert_eq!(store.stats().consumed, 2);
+    store.close().await.unwrap();
+}

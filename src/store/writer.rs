@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::queue::{Empty, Receiver, RequestQueue};
 use super::{Counters, Op, StoreError, StoreOptions, Table, db_error, prefix_end};
 
 /// Where the writer sends a request's outcome.
@@ -47,6 +48,10 @@ pub(super) enum Request {
     Commit {
         ops: Vec<Op>,
         done: Option<Completion>,
+        /// When it was queued: a batch lingers for company until `linger` after its first
+        /// durable request was queued, which for a quiet one can be well before the
+        /// writer took it.
+        queued_at: Instant,
     },
     /// Make everything durable, answer, and stop.
     Close(Completion),
@@ -56,6 +61,15 @@ pub(super) enum Request {
 /// committed without an fsync (DESIGN.md: "flushed about every second"). Also how often,
 /// at most, the space allocated in a file over its quota is measured.
 pub(super) const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Marks the queue as having no writer when the writer thread ends, panics included.
+struct WriterGone(Arc<RequestQueue>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0.writer_gone();
+    }
+}
 
 /// One request taken from the queue, waiting for its batch to commit.
 struct Pending {
@@ -70,7 +84,7 @@ const LINGER_BELOW: usize = 8;
 pub(super) struct Writer {
     db: Arc<Database>,
     /// Requests from every handle, in submission order.
-    receiver: mpsc::Receiver<Request>,
+    queue: Receiver,
     counters: Arc<Counters>,
     max_batch_ops: usize,
     /// How long a batch with a durable waiter waits for more requests.
@@ -94,14 +108,14 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn new(
         db: Arc<Database>,
-        receiver: mpsc::Receiver<Request>,
+        queue: Arc<RequestQueue>,
         counters: Arc<Counters>,
         options: &StoreOptions,
         probe: Option<Probe>,
     ) -> Writer {
         let mut writer = Writer {
             db,
-            receiver,
+            queue: Receiver::new(queue),
             counters,
             max_batch_ops: options.max_batch_ops.max(1),
             linger: options.linger,
@@ -120,6 +134,9 @@ impl Writer {
 
     /// The thread's body: one batch per loop until closed or every handle is gone.
     pub(super) fn run(mut self) {
+        // However the thread ends (a close, the handles gone, a panic), later commits
+        // must fail instead of waiting for a writer that is not there.
+        let _gone = WriterGone(self.queue.queue().clone());
         if let Some(probe) = &self.probe {
             // Returns when the test releases or drops its `Hold`.
             let _ = probe.hold.recv();
@@ -145,25 +162,25 @@ impl Writer {
     fn next_request(&mut self) -> Option<Request> {
         loop {
             let Some(since) = self.unsynced_since else {
-                return self.receiver.recv().ok();
+                return self.queue.pop();
             };
             let left = self.interval.saturating_sub(since.elapsed());
-            match self.receiver.recv_timeout(left) {
+            match self.queue.pop_timeout(left) {
                 Ok(request) => return Some(request),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(Empty::Timeout) => {
                     if self.transact(Vec::new(), true).is_err() {
                         // Retry a failing flush one interval later, not in a busy loop.
                         self.unsynced_since = Some(Instant::now());
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(Empty::Disconnected) => return None,
             }
         }
     }
 
     /// `first` and whatever else is already queued, up to `max_batch_ops` operations (a
     /// request is never split), stopping after a `Close`.
-    fn gather(&self, first: Request) -> (Vec<Pending>, Option<Completion>) {
+    fn gather(&mut self, first: Request) -> (Vec<Pending>, Option<Completion>) {
         let mut pending = Vec::new();
         let mut count = 0;
         let mut next = Some(first);
@@ -177,11 +194,15 @@ impl Writer {
         let mut consumed_any = false;
         while let Some(request) = next {
             match request {
-                Request::Commit { ops, done } => {
+                Request::Commit {
+                    ops,
+                    done,
+                    queued_at,
+                } => {
                     // An empty commit still costs a waiter; count it so batches stay bounded.
                     count += ops.len().max(1);
                     if done.is_some() && linger_until.is_none() {
-                        linger_until = Some(Instant::now() + self.linger);
+                        linger_until = Some(queued_at + self.linger);
                     }
                     for op in &ops {
                         match op {
@@ -201,7 +222,7 @@ impl Writer {
             if count >= self.max_batch_ops {
                 break;
             }
-            next = self.receiver.try_recv().ok();
+            next = self.queue.try_pop();
             // Only a small batch lingers: under load the previous fsync already gathered
             // company, and waiting would only stretch every cycle.
             if next.is_none()
@@ -211,7 +232,7 @@ impl Writer {
             {
                 let left = until.saturating_duration_since(Instant::now());
                 if !left.is_zero() {
-                    next = self.receiver.recv_timeout(left).ok();
+                    next = self.queue.pop_timeout(left).ok();
                 }
             }
         }

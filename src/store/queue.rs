@@ -1,0 +1,318 @@
+//! The writer thread's request queue: FIFO like a channel, except that a producer may
+//! queue a request without waking the writer.
+//!
+//! Why not `std::sync::mpsc`: its `send` wakes a blocked receiver at once. A broker
+//! connection queues a QoS 1 message's commit and then hands the message to a subscriber;
+//! waking the writer thread there put it on a core in the middle of the delivery (on a
+//! 2-core machine, often in place of the worker about to write to the subscriber). With
+//! [`RequestQueue::push_quiet`] the request takes its place in the queue at once, so
+//! nothing queued later can overtake it, and the writer is woken later: by the next
+//! ordinary push (the subscriber's acknowledgement), or by [`RequestQueue::ring`] once
+//! the producer's linger has passed. Measured in docs/benchmarks.md ("QoS 1 latency").
+//!
+//! A quiet request is never stranded by the queue itself: the writer takes it with
+//! whatever it is woken for next. Ringing in time is the producer's duty.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::writer::Request;
+
+/// Requests from every [`Store`](super::Store) handle to the one writer thread.
+pub(super) struct RequestQueue {
+    state: Mutex<QueueState>,
+    /// Signalled when a request the writer must see arrives, or the handles are gone.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    requests: VecDeque<Request>,
+    /// The writer is blocked waiting for requests.
+    writer_waiting: bool,
+    /// A quiet push is queued that the writer was not woken for.
+    unrung: bool,
+    /// Every handle is gone: once empty, the writer stops.
+    handles_gone: bool,
+    /// The writer has stopped: pushes fail.
+    writer_gone: bool,
+    /// How many times a producer woke the writer (tests count them).
+    wakes: u64,
+}
+
+/// Why [`RequestQueue::pop_timeout`] returned without a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Empty {
+    /// The time ran out.
+    Timeout,
+    /// Every handle is gone and nothing is queued.
+    Disconnected,
+}
+
+impl RequestQueue {
+    pub(super) fn new() -> RequestQueue {
+        RequestQueue {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Nothing panics while holding this lock, but a poisoned queue is still a queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `request` and wakes the writer; gives it back once the writer has stopped.
+    pub(super) fn push(&self, request: Request) -> Result<(), Request> {
+        let mut state = self.lock();
+        if state.writer_gone {
+            return Err(request);
+        }
+        state.requests.push_back(request);
+        state.unrung = false;
+        if state.writer_waiting {
+            state.wakes += 1;
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues `request` in order without waking the writer. `true` when the writer is
+    /// asleep: the caller must then [`ring`](Self::ring) soon. `false` when it is busy
+    /// with a batch: it takes the request when it comes back to the queue, as it would
+    /// have after a ring.
+    pub(super) fn push_quiet(&self, request: Request) -> Result<bool, Request> {
+        let mut state = self.lock();
+        if state.writer_gone {
+            return Err(request);
+        }
+        state.requests.push_back(request);
+        if state.writer_waiting {
+            state.unrung = true;
+        }
+        Ok(state.unrung)
+    }
+
+    /// Wakes the writer if a quiet push is still waiting for it.
+    pub(super) fn ring(&self) {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.unrung) && state.writer_waiting {
+            state.wakes += 1;
+            self.ready.notify_one();
+        }
+    }
+
+    /// The last handle is gone: the writer drains what is queued and stops.
+    pub(super) fn handles_gone(&self) {
+        let mut state = self.lock();
+        state.handles_gone = true;
+        self.ready.notify_one();
+    }
+
+    /// The writer stopped (closed or panicked): later pushes fail, and what is queued is
+    /// dropped, which fails its waiters with a closed store.
+    pub(super) fn writer_gone(&self) {
+        let dropped = {
+            let mut state = self.lock();
+            state.writer_gone = true;
+            std::mem::take(&mut state.requests)
+        };
+        // Completions are dropped outside the lock: dropping one wakes its waiter.
+        drop(dropped);
+    }
+}
+
+/// The writer's end of the queue. It takes everything queued at once, so a busy writer
+/// takes the lock once per batch rather than once per request.
+pub(super) struct Receiver {
+    queue: Arc<RequestQueue>,
+    /// Taken from the queue, not yet handed to the writer; in order.
+    taken: VecDeque<Request>,
+}
+
+impl Receiver {
+    pub(super) fn new(queue: Arc<RequestQueue>) -> Receiver {
+        Receiver {
+            queue,
+            taken: VecDeque::new(),
+        }
+    }
+
+    /// The queue, for the writer's stop guard.
+    pub(super) fn queue(&self) -> &Arc<RequestQueue> {
+        &self.queue
+    }
+
+    /// The next request without waiting.
+    pub(super) fn try_pop(&mut self) -> Option<Request> {
+        if self.taken.is_empty() {
+            take_all(&mut self.taken, &mut self.queue.lock());
+        }
+        self.taken.pop_front()
+    }
+
+    /// Blocks for the next request; `None` once every handle is gone and nothing is queued.
+    pub(super) fn pop(&mut self) -> Option<Request> {
+        self.pop_until(None).ok()
+    }
+
+    /// Blocks for the next request for at most `timeout`.
+    pub(super) fn pop_timeout(&mut self, timeout: Duration) -> Result<Request, Empty> {
+        self.pop_until(Instant::now().checked_add(timeout))
+    }
+
+    fn pop_until(&mut self, deadline: Option<Instant>) -> Result<Request, Empty> {
+        if let Some(request) = self.taken.pop_front() {
+            return Ok(request);
+        }
+        let queue = &self.queue;
+        let mut state = queue.lock();
+        loop {
+            take_all(&mut self.taken, &mut state);
+            if let Some(request) = self.taken.pop_front() {
+                return Ok(request);
+            }
+            if state.handles_gone {
+                return Err(Empty::Disconnected);
+            }
+            state.writer_waiting = true;
+            state = match deadline {
+                None => queue.ready.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        state.writer_waiting = false;
+                        return Err(Empty::Timeout);
+                    }
+                    queue
+                        .ready
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            state.writer_waiting = false;
+        }
+    }
+}
+
+/// Moves every queued request to `taken` (empty), swapping buffers so both keep their
+/// capacity. A request is taken whether or not its producer has rung: only waking the
+/// writer is deferred, never the request.
+fn take_all(taken: &mut VecDeque<Request>, state: &mut QueueState) {
+    if !state.requests.is_empty() {
+        std::mem::swap(taken, &mut state.requests);
+        state.unrung = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lazy(n: u8) -> Request {
+        Request::Commit {
+            ops: vec![super::super::Op::Delete {
+                table: super::super::Table("t"),
+                key: vec![n],
+            }],
+            done: None,
+            queued_at: Instant::now(),
+        }
+    }
+
+    fn key(request: Request) -> u8 {
+        match request {
+            Request::Commit { ops, .. } => match &ops[0] {
+                super::super::Op::Delete { key, .. } => key[0],
+                _ => unreachable!("tests queue deletes"),
+            },
+            Request::Close(_) => unreachable!("tests queue commits"),
+        }
+    }
+
+    #[test]
+    fn quiet_and_rung_pushes_keep_their_order() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        queue.push_quiet(lazy(1)).ok().unwrap();
+        queue.push(lazy(2)).ok().unwrap();
+        assert_eq!(receiver.try_pop().map(key), Some(1));
+        queue.push_quiet(lazy(3)).ok().unwrap();
+        let order: Vec<u8> = std::iter::from_fn(|| receiver.try_pop()).map(key).collect();
+        assert_eq!(order, [2, 3]);
+    }
+
+    #[test]
+    fn a_waiting_writer_sleeps_through_a_quiet_push_until_it_is_rung() {
+        let queue = Arc::new(RequestQueue::new());
+        let (taken, taken_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let mut receiver = Receiver::new(queue.clone());
+            std::thread::spawn(move || {
+                let request = receiver.pop().expect("a request");
+                taken.send(key(request)).unwrap();
+            })
+        };
+        // Wait until the writer is blocked, so the push below finds it waiting.
+        while !queue.lock().writer_waiting {
+            std::thread::yield_now();
+        }
+        assert_eq!(queue.push_quiet(lazy(7)).ok(), Some(true), "must be rung");
+        assert_eq!(queue.lock().wakes, 0, "a quiet push woke the writer");
+        queue.ring();
+        assert_eq!(queue.lock().wakes, 1);
+        // Rung again with nothing unrung: no second wake-up.
+        queue.ring();
+        assert_eq!(taken_rx.recv().unwrap(), 7);
+        assert_eq!(queue.lock().wakes, 1);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_linger_timeout_takes_an_unrung_request() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        // The writer is not waiting: nothing to ring, it takes the request on its return.
+        assert_eq!(queue.push_quiet(lazy(4)).ok(), Some(false));
+        assert_eq!(key(receiver.pop_timeout(Duration::ZERO).ok().unwrap()), 4);
+        assert_eq!(
+            receiver.pop_timeout(Duration::ZERO).err(),
+            Some(Empty::Timeout)
+        );
+    }
+
+    #[test]
+    fn the_writer_drains_after_the_handles_are_gone_then_stops() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        queue.push(lazy(5)).ok().unwrap();
+        queue.handles_gone();
+        assert_eq!(key(receiver.pop().unwrap()), 5);
+        assert!(receiver.pop().is_none());
+        assert_eq!(
+            receiver.pop_timeout(Duration::from_secs(60)).err(),
+            Some(Empty::Disconnected)
+        );
+    }
+
+    #[test]
+    fn pushes_fail_once_the_writer_is_gone() {
+        let queue = RequestQueue::new();
+        let (done, mut wait) = tokio::sync::oneshot::channel();
+        queue
+            .push(Request::Commit {
+                ops: Vec::new(),
+                done: Some(done),
+                queued_at: Instant::now(),
+            })
+            .ok()
+            .unwrap();
+        queue.writer_gone();
+        // The queued waiter learns the writer is gone.
+        assert!(wait.try_recv().is_err());
+        assert!(queue.push(lazy(6)).is_err());
+        assert!(queue.push_quiet(lazy(6)).is_err());
+    }
+}
