@@ -266,13 +266,18 @@ impl Store {
         })
     }
 
-    fn submit(&self, request: Request) -> Result<(), StoreError> {
+    /// Queues `request`, waking the writer unless `quiet`; `true` when a quiet request
+    /// found the writer asleep and must be rung.
+    fn submit(&self, request: Request, quiet: bool) -> Result<bool, StoreError> {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let queue = &self.inner.queue;
+        let pushed = if quiet {
+            queue.push_quiet(request)
+        } else {
+            queue.push(request).map(|()| false)
+        };
         // The push fails only once the writer has ended (closed, or panicked).
-        self.inner
-            .queue
-            .push(request)
-            .map_err(|_| StoreError::Closed)
+        pushed.map_err(|_| StoreError::Closed)
     }
 
     /// Applies `ops` atomically; returns once they are durable on disk (fsynced). Many
@@ -292,13 +297,7 @@ impl Store {
         &self,
         ops: Vec<Op>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let (done, wait) = oneshot::channel();
-        let submitted = self.submit(Request::Commit {
-            ops,
-            done: Some(done),
-            queued_at: Instant::now(),
-        });
-        Store::completion(submitted, wait)
+        self.queue_commit(ops, false).0
     }
 
     /// [`Store::commit_queued`] without waking the writer thread: the request has its
@@ -320,16 +319,7 @@ impl Store {
         impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
         bool,
     ) {
-        let (done, wait) = oneshot::channel();
-        self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let pushed = self.inner.queue.push_quiet(Request::Commit {
-            ops,
-            done: Some(done),
-            queued_at: Instant::now(),
-        });
-        let must_ring = matches!(pushed, Ok(true));
-        let submitted = pushed.map(|_| ()).map_err(|_| StoreError::Closed);
-        (Store::completion(submitted, wait), must_ring)
+        self.queue_commit(ops, true)
     }
 
     /// Wakes the writer for requests queued by [`Store::commit_quiet`]; does nothing when
@@ -343,13 +333,30 @@ impl Store {
         self.inner.linger
     }
 
-    async fn completion(
-        submitted: Result<(), StoreError>,
-        wait: oneshot::Receiver<Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
-        submitted?;
-        // The writer completes every waiter; a dropped completion means it ended first.
-        wait.await.map_err(|_| StoreError::Closed)?
+    /// Queues a durable commit (`quiet`: without waking the writer); the future of its
+    /// completion, and whether the caller must ring (see [`Store::commit_quiet`]).
+    fn queue_commit(
+        &self,
+        ops: Vec<Op>,
+        quiet: bool,
+    ) -> (
+        impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        bool,
+    ) {
+        let (done, wait) = oneshot::channel();
+        let request = Request::Commit {
+            ops,
+            done: Some(done),
+            queued_at: Instant::now(),
+        };
+        let submitted = self.submit(request, quiet);
+        let must_ring = matches!(submitted, Ok(true));
+        let completion = async move {
+            submitted?;
+            // The writer completes every waiter; a dropped completion means it ended first.
+            wait.await.map_err(|_| StoreError::Closed)?
+        };
+        (completion, must_ring)
     }
 
     /// Applies `ops` in the next batch without waiting and without forcing an fsync; they
@@ -362,7 +369,7 @@ impl Store {
             done: None,
             queued_at: Instant::now(),
         };
-        if self.submit(lazy).is_err() {
+        if self.submit(lazy, false).is_err() {
             tracing::debug!("lazy store commit after close dropped");
         }
     }
