@@ -243,12 +243,18 @@ pub fn render(state: &super::ApiContext) -> String {
 
     if let Some(broker) = &state.broker {
         let b = broker.snapshot();
-        let figures: [(&str, &str, &str, f64); 11] = [
+        let figures: [(&str, &str, &str, f64); 12] = [
             (
                 "headwater_broker_connections",
                 "gauge",
                 "Client connections open now (network and in-process).",
                 b.connected as f64,
+            ),
+            (
+                "headwater_broker_parked_connections",
+                "gauge",
+                "Idle plain-TCP connections parked without a task (counted in connections).",
+                b.parked as f64,
             ),
             (
                 "headwater_broker_connections_total",

@@ -206,6 +206,8 @@ pub(crate) enum ConnectionTask {
     Running(Running),
     /// Will, session expiry, shared-subscription hand-over.
     Finishing(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Handed to the parking lot (`park.rs`): the task ends, the connection does not.
+    Parked,
     /// Over.
     Done,
 }
@@ -216,6 +218,44 @@ impl ConnectionTask {
         match self {
             ConnectionTask::Running(running) => Some(*running.conn.peer),
             _ => None,
+        }
+    }
+
+    /// Whether the task ended by parking its connection (which is still connected).
+    pub(crate) fn parked(&self) -> bool {
+        matches!(self, ConnectionTask::Parked)
+    }
+
+    /// Parks the running connection if it asked to and has nothing in progress.
+    /// `Some(true)`: parked, this task is over; `Some(false)`: the attempt failed and
+    /// changed the socket, so the connection must be polled again (its socket's waker
+    /// went with the old registration); `None`: nothing was tried.
+    fn try_park(&mut self) -> Option<bool> {
+        let ConnectionTask::Running(running) = self else {
+            return None;
+        };
+        if !std::mem::take(&mut running.conn.park) || !running.parkable() {
+            return None;
+        }
+        let lot = running.conn.broker.parking_lot().cloned()?;
+        let ConnectionTask::Running(mut running) = std::mem::replace(self, ConnectionTask::Parked)
+        else {
+            unreachable!("matched above");
+        };
+        if let Err(e) = running.detach() {
+            // The socket is gone with the failed hand-over: end as a failed read would.
+            running.close_with(format!("cannot park the connection: {e}"));
+            *self = ConnectionTask::Running(running);
+            return Some(false);
+        }
+        // Only the connection is kept: the input is an empty read buffer, made again on
+        // resuming, and nothing is closing.
+        match lot.park(Box::new(Parked(running.conn))) {
+            Ok(()) => Some(true),
+            Err(parked) => {
+                *self = parked.resume();
+                Some(false)
+            }
         }
     }
 }
@@ -261,7 +301,14 @@ impl Future for ConnectionTask {
                     Started::Gone => *task = ConnectionTask::Done,
                 },
                 ConnectionTask::Running(running) => {
-                    let end = std::task::ready!(running.poll_run(cx));
+                    let end = match running.poll_run(cx) {
+                        Poll::Ready(end) => end,
+                        Poll::Pending => match task.try_park() {
+                            Some(true) => return Poll::Ready(()),
+                            Some(false) => continue,
+                            None => return Poll::Pending,
+                        },
+                    };
                     let ConnectionTask::Running(running) =
                         std::mem::replace(task, ConnectionTask::Done)
                     else {
@@ -273,13 +320,114 @@ impl Future for ConnectionTask {
                     std::task::ready!(finish.as_mut().poll(cx));
                     *task = ConnectionTask::Done;
                 }
-                ConnectionTask::Done => return Poll::Ready(()),
+                ConnectionTask::Parked | ConnectionTask::Done => return Poll::Ready(()),
             }
         }
     }
 }
 
+/// A parked connection (`park.rs`): its state without a task, its socket out of tokio's
+/// reactor. Only what outlives idleness: the input (an empty read buffer) is made again
+/// on resuming, which keeps a parked connection in a smaller allocation size class.
+pub(crate) struct Parked(Connection);
+
+impl Parked {
+    /// The connection's id, unique in this broker's run.
+    pub(crate) fn id(&self) -> u64 {
+        self.0.conn_id
+    }
+
+    /// The connection's doorbell.
+    pub(crate) fn signal(&self) -> &Arc<Signal> {
+        &self.0.signal
+    }
+
+    /// The descriptor of the parked socket (-1 if the connection has none).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.0.output {
+            Output::Tcp {
+                stream: Stream::Parked(std),
+                ..
+            } => std.as_raw_fd(),
+            _ => -1,
+        }
+    }
+
+    /// The connection's task again, its socket back in tokio's reactor. If the socket
+    /// cannot go back, the task ends the connection (will, session expiry) the way a
+    /// failed read would.
+    pub(crate) fn resume(self: Box<Self>) -> ConnectionTask {
+        let mut running = Running {
+            conn: self.0,
+            input: Input::Tcp {
+                rbuf: BytesMut::new(),
+            },
+            closing: None,
+        };
+        if let Err(e) = running.attach() {
+            running.close_with(format!("cannot resume the connection: {e}"));
+        }
+        ConnectionTask::Running(running)
+    }
+}
+
 impl Running {
+    /// Whether nothing is in progress: no commit or timer waiting, nothing buffered
+    /// either way, no close under way, and a plain TCP socket to hand over.
+    fn parkable(&self) -> bool {
+        let output_idle = matches!(
+            &self.conn.output,
+            Output::Tcp { stream: Stream::Tcp(_), out } if out.is_empty()
+        );
+        let input_idle = matches!(&self.input, Input::Tcp { rbuf } if rbuf.is_empty());
+        self.closing.is_none()
+            && self.conn.pending.is_empty()
+            && self.conn.store_ring.is_none()
+            && output_idle
+            && input_idle
+    }
+
+    /// Takes the socket out of tokio's reactor and releases the buffers, for parking.
+    /// On an error the socket is closed.
+    fn detach(&mut self) -> std::io::Result<()> {
+        if let Input::Tcp { rbuf } = &mut self.input {
+            *rbuf = BytesMut::new();
+        }
+        let Output::Tcp { stream, out } = &mut self.conn.output else {
+            return Err(std::io::Error::other("not a network connection"));
+        };
+        *out = BytesMut::new();
+        match std::mem::replace(stream, Stream::Closed) {
+            Stream::Tcp(tcp) => {
+                *stream = Stream::Parked(tcp.into_std()?);
+                Ok(())
+            }
+            other => {
+                *stream = other;
+                Err(std::io::Error::other("not a plain tcp connection"))
+            }
+        }
+    }
+
+    /// Gives a parked socket back to tokio's reactor.
+    fn attach(&mut self) -> std::io::Result<()> {
+        if let Output::Tcp { stream, .. } = &mut self.conn.output
+            && let Stream::Parked(_) = stream
+        {
+            let Stream::Parked(std) = std::mem::replace(stream, Stream::Closed) else {
+                unreachable!("matched above");
+            };
+            *stream = Stream::Tcp(TcpStream::from_std(std)?);
+        }
+        Ok(())
+    }
+
+    /// Ends the connection at its next poll, as if a read had failed with `why`.
+    fn close_with(&mut self, why: String) {
+        self.closing = Some(Box::new(End::Abnormal(why)));
+    }
+
     /// Serves the connection until it ends, ringing the store for quiet commits.
     ///
     /// A publish handed to subscribers now queues its commit without waking the store's
@@ -422,7 +570,17 @@ async fn start(
             .as_ref()
             .is_some_and(|tls| tls.identity_is_username()),
     };
+    let plain = matches!(
+        output,
+        Output::Tcp {
+            stream: Stream::Tcp(_),
+            ..
+        }
+    );
     let conn = Connection::new(broker, codec, output, Peer::Tcp(peer));
+    if plain {
+        conn.signal.set_parkable();
+    }
     conn.start(connect, Input::Tcp { rbuf }, Some(login)).await
 }
 
@@ -501,6 +659,10 @@ pub(crate) struct Connection {
     taken_over: bool,
     /// A DISCONNECT went out: nothing may follow it [MQTT-3.14.4-1].
     disconnect_sent: bool,
+    /// Something happened since the keepalive sweep last asked the connection to park.
+    busy: bool,
+    /// Asked to park twice with nothing in between: parks once nothing is in progress.
+    park: bool,
     /// Set while a commit queued without waking the store's writer is unanswered: when
     /// it fires, the writer is rung (see `Running::poll_run`). Boxed and made on use: a
     /// timer is large, and only publishing connections ever arm one.
@@ -529,6 +691,8 @@ impl Connection {
             inbound_unacked: 0,
             taken_over: false,
             disconnect_sent: false,
+            busy: true,
+            park: false,
             store_ring: None,
         }
     }
@@ -888,7 +1052,16 @@ impl Connection {
 
     /// Handles one event of the running connection.
     fn on_event(&mut self, event: Event, input: &mut Input) -> Result<(), End> {
+        if matches!(event, Event::Ring(Ring::Park)) {
+            // Idle for a whole sweep: park (in `ConnectionTask::poll`, once nothing is
+            // in progress).
+            self.park = !std::mem::take(&mut self.busy);
+            return Ok(());
+        }
+        self.busy = true;
+        self.park = false;
         match event {
+            Event::Ring(Ring::Park) => Ok(()),
             Event::Ring(Ring::Kick(code)) => {
                 if self.version == Version::V5 {
                     self.send(Packet::Disconnect(code, None));
@@ -1844,5 +2017,9 @@ mod tests {
         // tracker) 16: up to 272 the task fits tokio's 128-byte-aligned 384, one more
         // byte costs 128.
         assert!(size <= 272, "the connection future grew to {size} bytes");
+        // A parked connection is one allocation of this size: up to 256 it is in
+        // mimalloc's 256-byte class, one more byte costs 64.
+        let parked = std::mem::size_of::<super::Parked>();
+        assert!(parked <= 256, "a parked connection grew to {parked} bytes");
     }
 }

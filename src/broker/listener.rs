@@ -121,6 +121,17 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS and/or WebSocket.
     Wrapped(Box<dyn ByteStream>),
+    /// Plain TCP while its connection is parked (see `park.rs`): out of tokio's
+    /// reactor, never read or written in this state.
+    Parked(std::net::TcpStream),
+    /// Given up (a park that failed half-way): reads and writes fail.
+    Closed,
+}
+
+/// What reading or writing a parked stream gets: a connection is unparked before its
+/// stream is used, so this is a bug, reported rather than a panic.
+fn parked() -> io::Error {
+    io::Error::other("the stream of a parked connection was used")
 }
 
 impl AsyncRead for Stream {
@@ -132,6 +143,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Wrapped(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Parked(_) => Poll::Ready(Err(parked())),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
@@ -145,6 +158,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Wrapped(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Parked(_) => Poll::Ready(Err(parked())),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -152,6 +167,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Stream::Wrapped(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Parked(_) => Poll::Ready(Err(parked())),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 
@@ -159,6 +176,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Wrapped(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Parked(_) => Poll::Ready(Err(parked())),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
@@ -180,6 +199,8 @@ impl Future for Guarded {
             std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut guarded.task).poll(cx)));
         match polled {
             Ok(Poll::Pending) => return Poll::Pending,
+            // Still connected, in the parking lot: it is counted out when it ends.
+            Ok(Poll::Ready(())) if guarded.task.parked() => return Poll::Ready(()),
             Ok(Poll::Ready(())) => {}
             Err(_) => {
                 // The peer is read from the task rather than kept twice per connection.
@@ -219,7 +240,7 @@ pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: A
                 // memory); a panic in it ends that connection only.
                 let shared = broker.shared.clone();
                 let task = connection::serve(broker, stream, peer, listener.clone());
-                shared.tracker.clone().spawn(Guarded { task, shared });
+                spawn(shared, task);
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, keep serving.
@@ -228,4 +249,14 @@ pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: A
             }
         }
     }
+}
+
+/// Spawns a connection's task on the broker's tracker.
+fn spawn(shared: Arc<super::Shared>, task: connection::ConnectionTask) {
+    shared.tracker.clone().spawn(Guarded { task, shared });
+}
+
+/// Gives an unparked connection its task again (`park.rs`).
+pub(crate) fn spawn_resumed(broker: &Broker, task: connection::ConnectionTask) {
+    spawn(broker.shared.clone(), task);
 }

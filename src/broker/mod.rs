@@ -14,6 +14,7 @@ mod connection;
 mod listener;
 mod local;
 pub mod mosquitto_conf;
+mod park;
 pub mod session;
 pub mod signal;
 pub mod state;
@@ -25,7 +26,7 @@ pub mod ws;
 use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -150,6 +151,9 @@ pub struct Shared {
     listeners: Vec<Arc<listener::Listener>>,
     next_connection: AtomicU64,
     started: std::time::Instant,
+    /// Idle plain-TCP connections without a task; made when the broker starts (it
+    /// needs the runtime), absent if the system refused an epoll instance.
+    parking: OnceLock<Arc<park::ParkingLot>>,
 }
 
 impl Shared {
@@ -232,6 +236,7 @@ impl Broker {
                 listeners,
                 next_connection: AtomicU64::new(1),
                 started: std::time::Instant::now(),
+                parking: OnceLock::new(),
             }),
         };
         // Sessions restored from disk start their expiry clock now.
@@ -303,6 +308,14 @@ impl Broker {
                 broker.serve(sockets);
             });
         }
+        match park::ParkingLot::new() {
+            Ok(lot) => {
+                if self.shared.parking.set(lot.clone()).is_ok() {
+                    self.shared.tracker.spawn(lot.run(self.clone()));
+                }
+            }
+            Err(e) => tracing::warn!("idle connections will not be parked: {e}"),
+        }
         self.shared.tracker.spawn(self.clone().keepalive_sweep());
         self.shared.tracker.spawn(self.clone().watch_auth_files());
         if self.shared.config.sys_interval > 0 {
@@ -343,14 +356,23 @@ impl Broker {
                 _ = tick.tick() => {}
             }
             let now = signal::elapsed_ms(self.shared.started);
+            let park_after = park::PARK_AFTER.as_millis() as u64;
             for session in self.state().sessions.values() {
-                if let Some(attached) = &session.attached
-                    && attached.signal.overdue(now)
-                {
+                let Some(attached) = &session.attached else {
+                    continue;
+                };
+                if attached.signal.overdue(now) {
                     attached.signal.kick(codec::reason::KEEP_ALIVE_TIMEOUT);
+                } else if attached.signal.silent_for(now) >= park_after {
+                    attached.signal.ask_park();
                 }
             }
         }
+    }
+
+    /// The parking lot, once the broker has started.
+    fn parking_lot(&self) -> Option<&Arc<park::ParkingLot>> {
+        self.shared.parking.get()
     }
 
     /// Milliseconds on the broker's clock (for keepalives).
@@ -587,6 +609,7 @@ impl Broker {
             uptime_seconds: self.shared.started.elapsed().as_secs(),
             ..BrokerSnapshot::default()
         };
+        snapshot.parked = self.parking_lot().map_or(0, |lot| lot.len());
         let state = self.state();
         snapshot.sessions = state.sessions.len();
         snapshot.subscriptions = state.tree.len();
@@ -647,6 +670,8 @@ pub struct BrokerSnapshot {
     pub inflight: usize,
     /// Messages dropped because a session's queue was full, summed over sessions.
     pub dropped: u64,
+    /// Idle connections parked without a task (counted in `connected`).
+    pub parked: usize,
     /// Configured bridges.
     pub bridges: Vec<BridgeSnapshot>,
 }

@@ -7,7 +7,7 @@
 //! memory, and an idle connection is mostly what it holds (docs/benchmarks.md).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use futures::task::AtomicWaker;
@@ -16,6 +16,12 @@ use futures::task::AtomicWaker;
 const WAKE: u32 = 1;
 /// Set when the connection must close; the reason code is in bits 8..16.
 const KICK: u32 = 2;
+/// Set by the keepalive sweep: the client has been silent a while, park if idle.
+const PARK: u32 = 4;
+/// Set while the connection is parked (`park.rs`): its waker is the lot's.
+const PARKED: u32 = 8;
+/// Set when the connection could park (plain TCP): only those are asked to.
+const PARKABLE: u32 = 16;
 
 /// What a connection is told.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,6 +30,8 @@ pub enum Ring {
     Kick(u8),
     /// Look at the session's queue.
     Wake,
+    /// Nothing came from the client for a while: park if there is nothing to do.
+    Park,
 }
 
 /// The doorbell of one connection.
@@ -97,7 +105,49 @@ impl Signal {
             self.flags.fetch_and(!WAKE, Ordering::AcqRel);
             return Some(Ring::Wake);
         }
+        if flags & PARK != 0 {
+            self.flags.fetch_and(!PARK, Ordering::AcqRel);
+            return Some(Ring::Park);
+        }
         None
+    }
+
+    /// The connection can park (plain TCP); the sweep asks only those.
+    pub fn set_parkable(&self) {
+        self.flags.fetch_or(PARKABLE, Ordering::AcqRel);
+    }
+
+    /// Asks a parkable connection that is not parked to park, if it has nothing to do.
+    /// Returns whether it was asked.
+    pub fn ask_park(&self) -> bool {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & PARKABLE == 0 || flags & (PARKED | PARK | KICK) != 0 {
+            return false;
+        }
+        self.flags.fetch_or(PARK, Ordering::AcqRel);
+        self.waker.wake();
+        true
+    }
+
+    /// The connection parks: rings go to `waker` (the parking lot's) from now on.
+    pub fn park(&self, waker: Waker) {
+        self.flags.fetch_or(PARKED, Ordering::AcqRel);
+        self.waker.register(&waker);
+    }
+
+    /// The connection has a task again (which registers its own waker when it polls).
+    pub fn unpark(&self) {
+        self.flags.fetch_and(!PARKED, Ordering::AcqRel);
+    }
+
+    /// Whether the connection is parked.
+    pub fn parked(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & PARKED != 0
+    }
+
+    /// Whether a kick or a wake is waiting to be taken.
+    pub fn rung(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & (KICK | WAKE) != 0
     }
 
     /// The client must be heard from within `patience_ms` (0: never checked).
@@ -109,6 +159,17 @@ impl Signal {
     /// The client sent something at `now_ms`.
     pub fn heard(&self, now_ms: u64) {
         self.last_heard_ms.store(now_ms as u32, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the client was last heard from (0 when heard after `now_ms`
+    /// was read).
+    pub fn silent_for(&self, now_ms: u64) -> u64 {
+        let silent = (now_ms as u32).wrapping_sub(self.last_heard_ms.load(Ordering::Relaxed));
+        if silent < 1 << 31 {
+            u64::from(silent)
+        } else {
+            0
+        }
     }
 
     /// Whether the client has been silent longer than its keepalive allows.
@@ -159,6 +220,43 @@ mod tests {
             Poll::Ready(Ring::Kick(0x8E)),
             "a kick stays"
         );
+    }
+
+    #[test]
+    fn only_a_parkable_unparked_connection_is_asked_to_park_and_a_wake_comes_first() {
+        let signal = Signal::new(0);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            !signal.ask_park(),
+            "not parkable (TLS, WebSocket, in-process)"
+        );
+        signal.set_parkable();
+        signal.wake();
+        assert!(signal.ask_park());
+        assert!(!signal.ask_park(), "asked once until it answers");
+        assert_eq!(signal.poll(&mut cx), Poll::Ready(Ring::Wake));
+        assert_eq!(signal.poll(&mut cx), Poll::Ready(Ring::Park));
+        assert_eq!(signal.poll(&mut cx), Poll::Pending);
+        signal.park(futures::task::noop_waker());
+        assert!(signal.parked());
+        assert!(!signal.ask_park(), "a parked connection is not asked again");
+        assert!(!signal.rung());
+        signal.kick(0x8B);
+        assert!(signal.rung(), "the lot looks at this after parking");
+        signal.unpark();
+        assert!(!signal.parked());
+        assert!(!signal.ask_park(), "a kicked connection is not asked");
+    }
+
+    #[test]
+    fn silence_is_measured_from_the_last_packet() {
+        let signal = Signal::new(1000);
+        assert_eq!(signal.silent_for(1000), 0);
+        assert_eq!(signal.silent_for(2500), 1500);
+        signal.heard(2400);
+        assert_eq!(signal.silent_for(2500), 100);
+        assert_eq!(signal.silent_for(2300), 0, "heard after now was read");
     }
 
     #[test]
