@@ -163,6 +163,7 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(name)
+        .on_thread_park(crate::release_freed_memory)
         .build()
         .context("cannot start the async runtime")
 }
