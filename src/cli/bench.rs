@@ -199,8 +199,9 @@ impl Workload {
                 load.duration.as_secs()
             ),
             Workload::IdleMemory => format!(
-                "{} connections (CONNECT, CONNACK, idle 2 s); RSS growth / connections",
-                load.connections
+                "{} connections (CONNECT, CONNACK, idle {} s); RSS growth / connections",
+                load.connections,
+                workloads::IDLE_SECONDS
             ),
             Workload::TlsConnect => format!(
                 "{} connections, {} at a time, each TCP + TLS handshake ({} server key, no \

@@ -607,6 +607,10 @@ async fn latency_at(endpoint: &Endpoint, load: &Load, qos: QoS) -> anyhow::Resul
 
 /// Connections made by tls-connect by default.
 pub const TLS_CONNECTIONS: usize = 3000;
+/// How long the idle-memory clients stay idle before the broker's RSS is read: long
+/// enough for Headwater to park them (about 1.5 s after a client's last packet) and
+/// for the allocator to return what the connect phase freed (its purge delay).
+pub const IDLE_SECONDS: u64 = 6;
 
 /// tls-connect: `tls_connections` clients, `tls_concurrency` at a time, each doing TCP
 /// connect, TLS handshake, CONNECT, CONNACK, DISCONNECT and waiting for the broker to
@@ -696,7 +700,7 @@ pub async fn idle_memory(broker: &BrokerProcess, load: &Load) -> anyhow::Result<
         .await?;
     // Idle: whatever the broker does after CONNACK (buffers shrinking, tasks parking)
     // has happened by now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
     let after = broker.rss_bytes()?;
     let connections = clients.len();
     drop(clients);
