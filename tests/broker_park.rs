@@ -240,3 +240,22 @@ fn shutdown_closes_parked_connections() {
     let _ = v3.read_to_end(&mut rest);
     assert!(rest.is_empty());
 }
+
+#[test]
+fn parked_sockets_close_when_the_runtime_goes_without_a_shutdown() {
+    let broker = start();
+    let mut client = raw_connect(broker.port, &connect_bytes("dropped", 60, None));
+    broker.wait_parked(1, 1);
+    // An embedding program that drops the runtime without `Broker::shutdown`: the
+    // parked connection must not outlive it (it would, held by the cycle broker ->
+    // lot -> connection -> broker).
+    let Running {
+        runtime,
+        broker: _broker,
+        ..
+    } = broker;
+    drop(runtime);
+    let mut rest = Vec::new();
+    let read = client.read_to_end(&mut rest);
+    assert!(read.is_ok() && rest.is_empty(), "closed: {read:?} {rest:?}");
+}

@@ -37,6 +37,9 @@ use super::state::State;
 use super::{Broker, now_ms, topic};
 use crate::store::{Op, StoreError};
 
+/// Sweeps in a row (250 ms apart) that must find a connection with nothing happening
+/// before it parks: about a second without a packet in either direction.
+const QUIET_SWEEPS_TO_PARK: u8 = 4;
 /// How long a new connection may take to send CONNECT (after any TLS or WebSocket
 /// handshake, which have their own deadline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -238,6 +241,9 @@ impl ConnectionTask {
             return None;
         }
         let lot = running.conn.broker.parking_lot().cloned()?;
+        if !lot.is_open() {
+            return None;
+        }
         let ConnectionTask::Running(mut running) = std::mem::replace(self, ConnectionTask::Parked)
         else {
             unreachable!("matched above");
@@ -661,7 +667,10 @@ pub(crate) struct Connection {
     disconnect_sent: bool,
     /// Something happened since the keepalive sweep last asked the connection to park.
     busy: bool,
-    /// Asked to park twice with nothing in between: parks once nothing is in progress.
+    /// Sweeps in a row that asked the connection to park and found nothing had happened
+    /// since the one before (saturating).
+    quiet_sweeps: u8,
+    /// Idle for `QUIET_SWEEPS_TO_PARK` sweeps: parks once nothing is in progress.
     park: bool,
     /// Set while a commit queued without waking the store's writer is unanswered: when
     /// it fires, the writer is rung (see `Running::poll_run`). Boxed and made on use: a
@@ -692,6 +701,7 @@ impl Connection {
             taken_over: false,
             disconnect_sent: false,
             busy: true,
+            quiet_sweeps: 0,
             park: false,
             store_ring: None,
         }
@@ -1053,9 +1063,15 @@ impl Connection {
     /// Handles one event of the running connection.
     fn on_event(&mut self, event: Event, input: &mut Input) -> Result<(), End> {
         if matches!(event, Event::Ring(Ring::Park)) {
-            // Idle for a whole sweep: park (in `ConnectionTask::poll`, once nothing is
-            // in progress).
-            self.park = !std::mem::take(&mut self.busy);
+            // Nothing in either direction for `QUIET_SWEEPS_TO_PARK` sweeps (a subscriber
+            // that only receives is busy while deliveries come): park, in
+            // `ConnectionTask::poll`, once nothing is in progress.
+            self.quiet_sweeps = if std::mem::take(&mut self.busy) {
+                0
+            } else {
+                self.quiet_sweeps.saturating_add(1)
+            };
+            self.park = self.quiet_sweeps >= QUIET_SWEEPS_TO_PARK;
             return Ok(());
         }
         self.busy = true;

@@ -357,13 +357,15 @@ impl Broker {
             }
             let now = signal::elapsed_ms(self.shared.started);
             let park_after = park::PARK_AFTER.as_millis() as u64;
+            // No lot (or a failed one): asking would only wake connections for nothing.
+            let parking = self.parking_lot().is_some_and(|lot| lot.is_open());
             for session in self.state().sessions.values() {
                 let Some(attached) = &session.attached else {
                     continue;
                 };
                 if attached.signal.overdue(now) {
                     attached.signal.kick(codec::reason::KEEP_ALIVE_TIMEOUT);
-                } else if attached.signal.silent_for(now) >= park_after {
+                } else if parking && attached.signal.silent_for(now) >= park_after {
                     attached.signal.ask_park();
                 }
             }

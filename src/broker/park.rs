@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Wake, Waker};
 use std::time::Duration;
@@ -33,11 +34,15 @@ use super::connection::Parked;
 use super::{Broker, listener};
 
 /// How long a client must have been silent before its connection is asked to park;
-/// the connection parks if it also had nothing else to do since the sweep before.
+/// the connection parks once several asks in a row found it with nothing else to do
+/// (`QUIET_SWEEPS_TO_PARK` in `connection.rs`).
 pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Epoll events taken per `epoll_wait` call.
 const EVENTS_PER_WAIT: usize = 64;
+/// Connections unparked in one go before the lot's task yields to other tasks (a
+/// delivery to thousands of parked subscribers must not hold a worker for all of them).
+const UNPARKS_PER_TURN: usize = 256;
 
 /// Idle connections without a task, and the epoll set watching their sockets.
 pub(crate) struct ParkingLot {
@@ -50,6 +55,9 @@ pub(crate) struct ParkingLot {
     woken: Mutex<Vec<u64>>,
     /// Tells the lot's task that `woken` has entries.
     notify: Notify,
+    /// False once the lot is closed (shutdown, or its epoll instance failed): nothing
+    /// parks, and the keepalive sweep stops asking. Read without the lock.
+    open: AtomicBool,
 }
 
 struct Lot {
@@ -99,12 +107,18 @@ impl ParkingLot {
             }),
             woken: Mutex::new(Vec::new()),
             notify: Notify::new(),
+            open: AtomicBool::new(true),
         }))
     }
 
     fn lot(&self) -> MutexGuard<'_, Lot> {
         // Every change under this lock is complete before it is released.
         self.lot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether connections may park.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
     }
 
     /// How many connections are parked.
@@ -166,8 +180,10 @@ impl ParkingLot {
     }
 
     fn epoll_ctl(&self, op: libc::c_int, fd: RawFd, id: u64) -> io::Result<()> {
+        // One-shot: a socket reports once, however long its unparking takes, and never
+        // again should its removal fail.
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
             u64: id,
         };
         // SAFETY: both descriptors are open (the epoll instance is owned by `self`, the
@@ -194,6 +210,10 @@ impl ParkingLot {
     /// Unparks connections as their sockets or doorbells call for it, until shutdown;
     /// then unparks every one of them, so each closes in its own task.
     pub(crate) async fn run(self: Arc<Self>, broker: Broker) {
+        // Should this task be dropped without finishing (its runtime dropped without a
+        // shutdown), the parked connections are dropped with it, closing their sockets,
+        // rather than kept alive by the cycle broker -> lot -> connection -> broker.
+        let _guard = CloseOnDrop(self.clone());
         let shutdown = broker.shared.shutdown.clone();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         loop {
@@ -207,45 +227,75 @@ impl ParkingLot {
                             break;
                         }
                     };
-                    loop {
+                    let mut unparked = 0;
+                    let failed = loop {
                         match self.ready(&mut events) {
                             Ok(0) => {
                                 guard.clear_ready();
-                                break;
+                                break false;
                             }
                             Ok(n) => {
                                 for event in &events[..n] {
                                     let id = event.u64;
                                     self.unpark(&broker, id);
                                 }
+                                unparked += n;
+                                // The rest stays ready for the next turn.
+                                if unparked >= UNPARKS_PER_TURN {
+                                    break false;
+                                }
                             }
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
                                 tracing::error!("the parking lot cannot read its sockets: {e}");
-                                guard.clear_ready();
-                                break;
+                                break true;
                             }
                         }
+                    };
+                    if failed {
+                        break;
                     }
                 }
                 () = self.notify.notified() => {
                     let woken = std::mem::take(
                         &mut *self.woken.lock().unwrap_or_else(|p| p.into_inner()),
                     );
-                    for id in woken {
+                    for (i, id) in woken.into_iter().enumerate() {
+                        if i > 0 && i % UNPARKS_PER_TURN == 0 {
+                            tokio::task::yield_now().await;
+                        }
                         self.unpark(&broker, id);
                     }
                 }
             }
+            tokio::task::yield_now().await;
         }
-        // Shutting down (or the lot failed): no connection stays without a task.
+        // Shutting down (or the lot failed): nothing parks any more, and no connection
+        // stays without a task.
         let ids: Vec<u64> = {
             let mut lot = self.lot();
             lot.closed = true;
+            self.open.store(false, Ordering::Release);
             lot.parked.keys().copied().collect()
         };
         for id in ids {
             self.unpark(&broker, id);
         }
+    }
+}
+
+/// Closes the lot and drops what is parked in it, if the lot's task is dropped early.
+struct CloseOnDrop(Arc<ParkingLot>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let parked = {
+            let mut lot = self.0.lot();
+            lot.closed = true;
+            self.0.open.store(false, Ordering::Release);
+            std::mem::take(&mut lot.parked)
+        };
+        // Outside the lock: dropping a connection drops its broker handle.
+        drop(parked);
     }
 }

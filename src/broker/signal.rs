@@ -120,18 +120,28 @@ impl Signal {
     /// Asks a parkable connection that is not parked to park, if it has nothing to do.
     /// Returns whether it was asked.
     pub fn ask_park(&self) -> bool {
-        let flags = self.flags.load(Ordering::Acquire);
-        if flags & PARKABLE == 0 || flags & (PARKED | PARK | KICK) != 0 {
-            return false;
+        // One atomic step: a connection parking or kicked meanwhile is not asked.
+        let asked = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| {
+                let askable = flags & PARKABLE != 0 && flags & (PARKED | PARK | KICK) == 0;
+                askable.then_some(flags | PARK)
+            })
+            .is_ok();
+        if asked {
+            self.waker.wake();
         }
-        self.flags.fetch_or(PARK, Ordering::AcqRel);
-        self.waker.wake();
-        true
+        asked
     }
 
-    /// The connection parks: rings go to `waker` (the parking lot's) from now on.
+    /// The connection parks: rings go to `waker` (the parking lot's) from now on. A
+    /// request to park still pending is answered by this.
     pub fn park(&self, waker: Waker) {
-        self.flags.fetch_or(PARKED, Ordering::AcqRel);
+        let _ = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| {
+                Some((flags | PARKED) & !PARK)
+            });
         self.waker.register(&waker);
     }
 
@@ -247,6 +257,22 @@ mod tests {
         signal.unpark();
         assert!(!signal.parked());
         assert!(!signal.ask_park(), "a kicked connection is not asked");
+    }
+
+    #[test]
+    fn parking_answers_a_pending_request_to_park() {
+        let signal = Signal::new(0);
+        signal.set_parkable();
+        assert!(signal.ask_park());
+        signal.park(futures::task::noop_waker());
+        signal.unpark();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            signal.poll(&mut cx),
+            Poll::Pending,
+            "a resumed connection is not asked to park again at once"
+        );
     }
 
     #[test]

@@ -154,10 +154,9 @@ fn init_logging(format: LogFormat) {
     logging::init(format);
 }
 
-/// The data directory: the flag, else the flow files' `data_dir`, else systemd's
-/// `$STATE_DIRECTORY`, else `./data`.
 /// The multi-threaded tokio runtime every long-running command runs on; `name` names
-/// its worker threads.
+/// its worker threads. A worker going idle gives back memory other threads freed
+/// (`release_freed_memory`).
 fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context;
     tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +167,8 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The data directory: the flag, else the flow files' `data_dir`, else systemd's
+/// `$STATE_DIRECTORY`, else `./data`.
 fn data_dir(flag: Option<PathBuf>, from_files: Option<PathBuf>) -> PathBuf {
     flag.or(from_files)
         .or_else(|| {
