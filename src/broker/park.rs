@@ -56,15 +56,13 @@ pub(crate) struct ParkingLot {
     /// Tells the lot's task that `woken` has entries.
     notify: Notify,
     /// False once the lot is closed (shutdown, or its epoll instance failed): nothing
-    /// parks, and the keepalive sweep stops asking. Read without the lock.
+    /// parks, and the keepalive sweep stops asking. Cleared under the lot's lock.
     open: AtomicBool,
 }
 
 struct Lot {
     /// Boxed: a parked connection is its state and the socket in it, nothing more.
     parked: HashMap<u64, Box<Parked>>,
-    /// Set at shutdown: nothing parks any more.
-    closed: bool,
 }
 
 /// The waker a parked connection's doorbell holds: it names the connection.
@@ -103,7 +101,6 @@ impl ParkingLot {
             epoll,
             lot: Mutex::new(Lot {
                 parked: HashMap::new(),
-                closed: false,
             }),
             woken: Mutex::new(Vec::new()),
             notify: Notify::new(),
@@ -134,7 +131,9 @@ impl ParkingLot {
         let fd = connection.raw_fd();
         let signal = connection.signal().clone();
         let mut lot = self.lot();
-        if lot.closed {
+        // Read under the lock, where closing clears it: a park either lands before the
+        // close collects what is parked, or sees the lot closed.
+        if !self.is_open() {
             return Err(connection);
         }
         signal.park(Waker::from(Arc::new(ParkWaker {
@@ -273,8 +272,7 @@ impl ParkingLot {
         // Shutting down (or the lot failed): nothing parks any more, and no connection
         // stays without a task.
         let ids: Vec<u64> = {
-            let mut lot = self.lot();
-            lot.closed = true;
+            let lot = self.lot();
             self.open.store(false, Ordering::Release);
             lot.parked.keys().copied().collect()
         };
@@ -291,7 +289,6 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         let parked = {
             let mut lot = self.0.lot();
-            lot.closed = true;
             self.0.open.store(false, Ordering::Release);
             std::mem::take(&mut lot.parked)
         };
