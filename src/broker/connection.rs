@@ -131,7 +131,7 @@ impl std::fmt::Display for Peer {
 }
 
 /// Where packets for the client go.
-enum Output {
+pub(crate) enum Output {
     /// Encoded into `out`, written to the stream on flush.
     Tcp { stream: Stream, out: BytesMut },
     /// Handed over as values on flush; a full channel holds this connection back as
@@ -140,8 +140,18 @@ enum Output {
     Local(Box<LocalOutput>),
 }
 
+impl Output {
+    /// A network output with an empty write buffer.
+    fn tcp(stream: Stream) -> Self {
+        Output::Tcp {
+            stream,
+            out: BytesMut::new(),
+        }
+    }
+}
+
 /// The output of an in-process connection.
-struct LocalOutput {
+pub(crate) struct LocalOutput {
     tx: PollSender<Packet>,
     out: VecDeque<Packet>,
 }
@@ -244,22 +254,39 @@ impl ConnectionTask {
         if !lot.is_open() {
             return None;
         }
-        let ConnectionTask::Running(mut running) = std::mem::replace(self, ConnectionTask::Parked)
+        let ConnectionTask::Running(running) = std::mem::replace(self, ConnectionTask::Parked)
         else {
             unreachable!("matched above");
         };
-        if let Err(e) = running.detach() {
-            // The socket is gone with the failed hand-over: end as a failed read would.
-            running.close_with(format!("cannot park the connection: {e}"));
-            *self = ConnectionTask::Running(running);
-            return Some(false);
-        }
-        // Only the connection is kept: the input is an empty read buffer, made again on
-        // resuming, and nothing is closing.
-        match lot.park(Box::new(Parked(running.conn))) {
+        // Only the connection and its socket are kept: the input is an empty read buffer
+        // and the output an empty write buffer, both made again on resuming, and nothing
+        // is closing.
+        let (conn, output) = running.conn.split_output();
+        let tcp = match output {
+            Output::Tcp {
+                stream: Stream::Tcp(tcp),
+                ..
+            } => tcp,
+            // `parkable` saw a plain TCP stream: put back whatever this is.
+            output => {
+                *self = ConnectionTask::Running(Running::new(conn.with_output(output)));
+                return None;
+            }
+        };
+        let std = match tcp.into_std() {
+            Ok(std) => std,
+            Err(e) => {
+                // The socket is gone with the failed hand-over: end as a failed read would.
+                let mut running = Running::new(conn.with_output(Output::tcp(Stream::Closed)));
+                running.close_with(format!("cannot park the connection: {e}"));
+                *self = ConnectionTask::Running(running);
+                return Some(false);
+            }
+        };
+        match lot.park(Box::new(Parked(conn.with_output(std)))) {
             Ok(()) => Some(true),
             Err(parked) => {
-                *self = parked.resume();
+                *self = (*parked).resume();
                 Some(false)
             }
         }
@@ -333,9 +360,10 @@ impl Future for ConnectionTask {
 }
 
 /// A parked connection (`park.rs`): its state without a task, its socket out of tokio's
-/// reactor. Only what outlives idleness: the input (an empty read buffer) is made again
-/// on resuming, which keeps a parked connection in a smaller allocation size class.
-pub(crate) struct Parked(Connection);
+/// reactor. Only what outlives idleness: the input and output (empty buffers) are made
+/// again on resuming, which keeps a parked connection in a smaller allocation size
+/// class.
+pub(crate) struct Parked(Connection<std::net::TcpStream>);
 
 impl Parked {
     /// The connection's id, unique in this broker's run.
@@ -348,37 +376,42 @@ impl Parked {
         &self.0.signal
     }
 
-    /// The descriptor of the parked socket (-1 if the connection has none).
+    /// The descriptor of the parked socket.
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        match &self.0.output {
-            Output::Tcp {
-                stream: Stream::Parked(std),
-                ..
-            } => std.as_raw_fd(),
-            _ => -1,
-        }
+        self.0.output.as_raw_fd()
     }
 
     /// The connection's task again, its socket back in tokio's reactor. If the socket
     /// cannot go back, the task ends the connection (will, session expiry) the way a
     /// failed read would.
-    pub(crate) fn resume(self: Box<Self>) -> ConnectionTask {
-        let mut running = Running {
-            conn: self.0,
-            input: Input::Tcp {
-                rbuf: BytesMut::new(),
-            },
-            closing: None,
+    pub(crate) fn resume(self) -> ConnectionTask {
+        let (conn, std) = self.0.split_output();
+        let running = match TcpStream::from_std(std) {
+            Ok(tcp) => Running::new(conn.with_output(Output::tcp(Stream::Tcp(tcp)))),
+            Err(e) => {
+                let mut running = Running::new(conn.with_output(Output::tcp(Stream::Closed)));
+                running.close_with(format!("cannot resume the connection: {e}"));
+                running
+            }
         };
-        if let Err(e) = running.attach() {
-            running.close_with(format!("cannot resume the connection: {e}"));
-        }
         ConnectionTask::Running(running)
     }
 }
 
 impl Running {
+    /// A network connection resumed, or put back after a park that did not happen: its
+    /// read buffer is made when something arrives.
+    fn new(conn: Connection) -> Self {
+        Running {
+            conn,
+            input: Input::Tcp {
+                rbuf: BytesMut::new(),
+            },
+            closing: None,
+        }
+    }
+
     /// Whether nothing is in progress: no commit or timer waiting, nothing buffered
     /// either way, no close under way, and a plain TCP socket to hand over.
     fn parkable(&self) -> bool {
@@ -392,41 +425,6 @@ impl Running {
             && self.conn.store_ring.is_none()
             && output_idle
             && input_idle
-    }
-
-    /// Takes the socket out of tokio's reactor and releases the buffers, for parking.
-    /// On an error the socket is closed.
-    fn detach(&mut self) -> std::io::Result<()> {
-        if let Input::Tcp { rbuf } = &mut self.input {
-            *rbuf = BytesMut::new();
-        }
-        let Output::Tcp { stream, out } = &mut self.conn.output else {
-            return Err(std::io::Error::other("not a network connection"));
-        };
-        *out = BytesMut::new();
-        match std::mem::replace(stream, Stream::Closed) {
-            Stream::Tcp(tcp) => {
-                *stream = Stream::Parked(tcp.into_std()?);
-                Ok(())
-            }
-            other => {
-                *stream = other;
-                Err(std::io::Error::other("not a plain tcp connection"))
-            }
-        }
-    }
-
-    /// Gives a parked socket back to tokio's reactor.
-    fn attach(&mut self) -> std::io::Result<()> {
-        if let Output::Tcp { stream, .. } = &mut self.conn.output
-            && let Stream::Parked(_) = stream
-        {
-            let Stream::Parked(std) = std::mem::replace(stream, Stream::Closed) else {
-                unreachable!("matched above");
-            };
-            *stream = Stream::Tcp(TcpStream::from_std(std)?);
-        }
-        Ok(())
     }
 
     /// Ends the connection at its next poll, as if a read had failed with `why`.
@@ -559,10 +557,7 @@ async fn start(
             return Started::Gone;
         }
     };
-    let output = Output::Tcp {
-        stream,
-        out: BytesMut::new(),
-    };
+    let output = Output::tcp(stream);
     // Nor a read buffer, when the CONNECT came alone.
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
@@ -634,11 +629,14 @@ struct Aliases {
     outbound: HashMap<ByteString, NonZeroU16>,
 }
 
-pub(crate) struct Connection {
+/// One client's connection. `O` is where its packets go: an [`Output`] while it runs, the
+/// bare socket while it is parked (`Parked`), which keeps a parked connection in a
+/// smaller allocation size class and makes writing to a parked socket a type error.
+pub(crate) struct Connection<O = Output> {
     broker: Broker,
     /// Decodes the client's bytes and encodes ours (TCP only).
     codec: Codec,
-    output: Output,
+    output: O,
     /// Boxed: only logs read it, and 32 bytes inline would push every idle
     /// connection's task into the next size class.
     peer: Box<Peer>,
@@ -676,6 +674,113 @@ pub(crate) struct Connection {
     /// it fires, the writer is rung (see `Running::poll_run`). Boxed and made on use: a
     /// timer is large, and only publishing connections ever arm one.
     store_ring: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<O> Connection<O> {
+    /// The connection with its output taken out, and that output.
+    fn split_output(self) -> (Connection<()>, O) {
+        let Connection {
+            output,
+            broker,
+            codec,
+            peer,
+            client_id,
+            version,
+            conn_id,
+            signal,
+            identity,
+            will,
+            aliases,
+            client_alias_max,
+            window,
+            pending,
+            inbound_unacked,
+            taken_over,
+            disconnect_sent,
+            busy,
+            quiet_sweeps,
+            park,
+            store_ring,
+        } = self;
+        (
+            Connection {
+                output: (),
+                broker,
+                codec,
+                peer,
+                client_id,
+                version,
+                conn_id,
+                signal,
+                identity,
+                will,
+                aliases,
+                client_alias_max,
+                window,
+                pending,
+                inbound_unacked,
+                taken_over,
+                disconnect_sent,
+                busy,
+                quiet_sweeps,
+                park,
+                store_ring,
+            },
+            output,
+        )
+    }
+}
+
+impl Connection<()> {
+    /// The connection with `output` put in.
+    fn with_output<O>(self, output: O) -> Connection<O> {
+        let Connection {
+            output: (),
+            broker,
+            codec,
+            peer,
+            client_id,
+            version,
+            conn_id,
+            signal,
+            identity,
+            will,
+            aliases,
+            client_alias_max,
+            window,
+            pending,
+            inbound_unacked,
+            taken_over,
+            disconnect_sent,
+            busy,
+            quiet_sweeps,
+            park,
+            store_ring,
+        } = self;
+        Connection {
+            output,
+            broker,
+            codec,
+            peer,
+            client_id,
+            version,
+            conn_id,
+            signal,
+            identity,
+            will,
+            aliases,
+            client_alias_max,
+            window,
+            pending,
+            inbound_unacked,
+            taken_over,
+            disconnect_sent,
+            busy,
+            quiet_sweeps,
+            park,
+            store_ring,
+        }
+    }
 }
 
 impl Connection {
@@ -917,7 +1022,7 @@ impl Connection {
             session.expiry = connect.session_expiry;
             session.version = connect.version;
             session.identity = self.identity.clone();
-            session.generation += 1;
+            session.generation = session.generation.wrapping_add(1);
             session.attached = Some(Attached {
                 id: self.conn_id,
                 signal: self.signal.clone(),
@@ -1328,7 +1433,7 @@ impl Connection {
                     .expect("attached session exists");
                 // A PUBLISH whose id is still waiting for PUBREL is a resend: answer
                 // PUBREC again, deliver nothing [MQTT-4.3.3-9].
-                if !session.incoming.insert(id) {
+                if !session.receive_qos2(id) {
                     duplicate = true;
                 } else if durable && persistent {
                     ops.push(Op::Put {
@@ -1495,7 +1600,7 @@ impl Connection {
             let Some(session) = state.sessions.get_mut(&self.client_id) else {
                 return;
             };
-            let known = session.incoming.remove(&id.get());
+            let known = session.release_qos2(id.get());
             if known {
                 self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
             }
@@ -1866,7 +1971,7 @@ impl Connection {
                     .is_some_and(|a| a.id == self.conn_id)
             {
                 session.attached = None;
-                session.generation += 1;
+                session.generation = session.generation.wrapping_add(1);
                 generation = session.generation;
                 expiry = Some(session.expiry);
                 let taken = state.take_shared(&self.client_id);
@@ -2033,9 +2138,13 @@ mod tests {
         // tracker) 16: up to 272 the task fits tokio's 128-byte-aligned 384, one more
         // byte costs 128.
         assert!(size <= 272, "the connection future grew to {size} bytes");
-        // A parked connection is one allocation of this size: up to 256 it is in
-        // mimalloc's 256-byte class, one more byte costs 64.
+        // A parked connection is one allocation of this size: up to 160 it is in
+        // mimalloc's 160-byte class, one more byte costs 32.
         let parked = std::mem::size_of::<super::Parked>();
-        assert!(parked <= 256, "a parked connection grew to {parked} bytes");
+        assert!(parked <= 160, "a parked connection grew to {parked} bytes");
+        // Every client's session is one allocation of this size (mimalloc's 128-byte
+        // class; one more byte costs 32).
+        let session = std::mem::size_of::<crate::broker::session::Session>();
+        assert!(session <= 128, "a session grew to {session} bytes");
     }
 }

@@ -121,17 +121,8 @@ pub(crate) enum Stream {
     Tcp(TcpStream),
     /// TLS and/or WebSocket.
     Wrapped(Box<dyn ByteStream>),
-    /// Plain TCP while its connection is parked (see `park.rs`): out of tokio's
-    /// reactor, never read or written in this state.
-    Parked(std::net::TcpStream),
-    /// Given up (a park that failed half-way): reads and writes fail.
+    /// Given up (a park or resume that failed half-way): reads and writes fail.
     Closed,
-}
-
-/// What reading or writing a parked stream gets: a connection is unparked before its
-/// stream is used, so this is a bug, reported rather than a panic.
-fn parked() -> io::Error {
-    io::Error::other("the stream of a parked connection was used")
 }
 
 impl AsyncRead for Stream {
@@ -143,7 +134,6 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Wrapped(stream) => Pin::new(stream).poll_read(cx, buf),
-            Stream::Parked(_) => Poll::Ready(Err(parked())),
             Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -158,7 +148,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Wrapped(stream) => Pin::new(stream).poll_write(cx, buf),
-            Stream::Parked(_) => Poll::Ready(Err(parked())),
             Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -167,7 +156,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
             Stream::Wrapped(stream) => Pin::new(stream).poll_flush(cx),
-            Stream::Parked(_) => Poll::Ready(Err(parked())),
             Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -176,7 +164,6 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Wrapped(stream) => Pin::new(stream).poll_shutdown(cx),
-            Stream::Parked(_) => Poll::Ready(Err(parked())),
             Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }

@@ -240,7 +240,7 @@ impl Broker {
             }),
         };
         // Sessions restored from disk start their expiry clock now.
-        let expiring: Vec<(ByteString, u64, u32)> = broker
+        let expiring: Vec<(ByteString, u32, u32)> = broker
             .state()
             .sessions
             .iter()
@@ -497,7 +497,7 @@ impl Broker {
 
     /// Sends `will` now, or after its v5 delay unless the session came back
     /// [MQTT-3.1.3-9]. The delay ends early when the session expires.
-    fn send_will(&self, client: ByteString, will: Will, generation: u64, expiry: u32) {
+    fn send_will(&self, client: ByteString, will: Will, generation: u32, expiry: u32) {
         let publish = Publish {
             topic: will.topic,
             payload: will.payload,
@@ -534,7 +534,7 @@ impl Broker {
     }
 
     /// Ends the session of `client` after `expiry` seconds unless it reconnected.
-    fn expire_later(&self, client: ByteString, generation: u64, expiry: u32) {
+    fn expire_later(&self, client: ByteString, generation: u32, expiry: u32) {
         let broker = self.clone();
         self.shared.tracker.spawn(async move {
             tokio::select! {
@@ -619,7 +619,7 @@ impl Broker {
         for session in state.sessions.values() {
             snapshot.queued += session.queue.len();
             snapshot.inflight += session.inflight.len();
-            snapshot.dropped += session.dropped;
+            snapshot.dropped += u64::from(session.dropped);
         }
         snapshot.bridges = self
             .shared
@@ -780,7 +780,7 @@ fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
             continue;
         };
         if let Some(session) = state.sessions.get_mut(client) {
-            session.incoming.insert(id.get());
+            session.receive_qos2(id.get());
         }
     }
     for (key, value) in store.scan(RETAINED, b"")? {

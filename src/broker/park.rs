@@ -175,7 +175,7 @@ impl ParkingLot {
         }
         drop(lot);
         connection.signal().unpark();
-        listener::spawn_resumed(broker, connection.resume());
+        listener::spawn_resumed(broker, (*connection).resume());
     }
 
     fn epoll_ctl(&self, op: libc::c_int, fd: RawFd, id: u64) -> io::Result<()> {

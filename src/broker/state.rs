@@ -191,7 +191,7 @@ impl State {
         // planned but not yet applied may overshoot it by a commit's worth.
         // 0 is no limit, as in Mosquitto.
         if self.max_queued > 0 && session.queue.len() >= self.max_queued {
-            session.dropped += 1;
+            session.dropped = session.dropped.saturating_add(1);
             if session.dropped == 1 || session.dropped.is_power_of_two() {
                 tracing::warn!(
                     client = %client,
