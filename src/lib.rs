@@ -14,32 +14,20 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// How often a worker thread going idle gives back memory freed by other threads.
-const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Called by a runtime worker as it goes idle: at most every `COLLECT_EVERY` per thread,
-/// lets mimalloc take back the blocks other threads freed into this thread's pages.
+/// Called by a runtime worker each time it goes idle: lets mimalloc take back the blocks
+/// other threads freed into this thread's pages, and give empty pages back to the OS.
 ///
 /// mimalloc does that by itself only when the owning thread allocates again, and an idle
 /// worker does not: after a burst of connections is parked (`broker/park.rs`) their
-/// tasks' memory would stay resident with no one to claim it.
+/// tasks' memory would stay resident with no one to claim it. It runs on every park, not
+/// at most once a second: the park that follows the last free of a burst is the one that
+/// matters, a rate limit skips it as often as not, and the worker may then sleep for
+/// hours (measured: RSS per idle connection 723-1394 B rate-limited, 626-748 B on every
+/// park). One call costs 0.6-1.7 µs on heaps up to 7 MB (docs/benchmarks.md).
 pub fn release_freed_memory() {
-    thread_local! {
-        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
-    }
-    let now = std::time::Instant::now();
-    let due = LAST.with(|last| match last.get() {
-        Some(at) if now.duration_since(at) < COLLECT_EVERY => false,
-        _ => {
-            last.set(Some(now));
-            true
-        }
-    });
-    if due {
-        // SAFETY: mi_collect takes no pointers and only touches the calling thread's heap
-        // (and the process's free page lists, under mimalloc's own locks).
-        unsafe { mi_collect(false) };
-    }
+    // SAFETY: mi_collect takes no pointers and only touches the calling thread's heap
+    // (and the process's free page lists, under mimalloc's own locks).
+    unsafe { mi_collect(false) };
 }
 
 pub mod api;
