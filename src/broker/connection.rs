@@ -254,22 +254,31 @@ impl ConnectionTask {
         if !lot.is_open() {
             return None;
         }
-        let ConnectionTask::Running(running) = std::mem::replace(self, ConnectionTask::Parked)
+        let ConnectionTask::Running(Running {
+            conn,
+            input,
+            closing,
+        }) = std::mem::replace(self, ConnectionTask::Parked)
         else {
             unreachable!("matched above");
         };
         // Only the connection and its socket are kept: the input is an empty read buffer
         // and the output an empty write buffer, both made again on resuming, and nothing
-        // is closing.
-        let (conn, output) = running.conn.split_output();
+        // is closing (`parkable`).
+        let (conn, output) = conn.split_output();
         let tcp = match output {
             Output::Tcp {
                 stream: Stream::Tcp(tcp),
                 ..
             } => tcp,
-            // `parkable` saw a plain TCP stream: put back whatever this is.
+            // `parkable` saw a plain TCP stream; should that ever change, the connection
+            // runs on exactly as it was.
             output => {
-                *self = ConnectionTask::Running(Running::new(conn.with_output(output)));
+                *self = ConnectionTask::Running(Running {
+                    conn: conn.with_output(output),
+                    input,
+                    closing,
+                });
                 return None;
             }
         };

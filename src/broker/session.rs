@@ -121,8 +121,8 @@ pub struct Session {
     pub queue: VecDeque<Queued>,
     /// Messages sent and not yet acknowledged, by packet id.
     pub inflight: BTreeMap<u16, Queued>,
-    /// QoS 2 packet ids received, waiting for PUBREL; made on first use and dropped
-    /// when empty (see `receive_qos2`), as most sessions never see a QoS 2 publish.
+    /// QoS 2 packet ids received, waiting for PUBREL; made on first use and dropped when
+    /// empty again (`receive_qos2`, `release_qos2`): most sessions never see QoS 2.
     // Boxed on purpose: the extra allocation is paid only while a QoS 2 exchange is open,
     // the 16 bytes it saves are paid by every session.
     #[allow(clippy::box_collection)]
