@@ -57,7 +57,7 @@ fn qos_0_1_2_round_trip_and_a_retained_message_survives_a_restart() {
     let seen: Vec<String> = subscriber
         .until("fence")
         .iter()
-        .map(|m| format!("{} {} q{}", m.topic, m.payload, m.qos))
+        .map(raw_client::Message::brief)
         .collect();
     assert_eq!(
         seen,

@@ -113,7 +113,7 @@ fn parked_connections_are_woken_by_their_client_and_by_deliveries() {
     let seen: Vec<String> = subscriber
         .until("fence")
         .iter()
-        .map(|m| format!("{} {} q{}", m.topic, m.payload, m.qos))
+        .map(raw_client::Message::brief)
         .collect();
     assert_eq!(
         seen,

@@ -686,10 +686,10 @@ pub(crate) struct Connection<O = Output> {
 }
 
 impl<O> Connection<O> {
-    /// The connection with its output taken out, and that output.
-    fn split_output(self) -> (Connection<()>, O) {
+    /// The connection with `output` in place of its own, and its own.
+    fn replace_output<N>(self, output: N) -> (Connection<N>, O) {
         let Connection {
-            output,
+            output: old,
             broker,
             codec,
             peer,
@@ -711,84 +711,42 @@ impl<O> Connection<O> {
             park,
             store_ring,
         } = self;
-        (
-            Connection {
-                output: (),
-                broker,
-                codec,
-                peer,
-                client_id,
-                version,
-                conn_id,
-                signal,
-                identity,
-                will,
-                aliases,
-                client_alias_max,
-                window,
-                pending,
-                inbound_unacked,
-                taken_over,
-                disconnect_sent,
-                busy,
-                quiet_sweeps,
-                park,
-                store_ring,
-            },
+        let conn = Connection {
             output,
-        )
+            broker,
+            codec,
+            peer,
+            client_id,
+            version,
+            conn_id,
+            signal,
+            identity,
+            will,
+            aliases,
+            client_alias_max,
+            window,
+            pending,
+            inbound_unacked,
+            taken_over,
+            disconnect_sent,
+            busy,
+            quiet_sweeps,
+            park,
+            store_ring,
+        };
+        (conn, old)
+    }
+
+    /// The connection with its output taken out, and that output.
+    fn split_output(self) -> (Connection<()>, O) {
+        self.replace_output(())
     }
 }
 
 impl Connection<()> {
     /// The connection with `output` put in.
     fn with_output<O>(self, output: O) -> Connection<O> {
-        let Connection {
-            output: (),
-            broker,
-            codec,
-            peer,
-            client_id,
-            version,
-            conn_id,
-            signal,
-            identity,
-            will,
-            aliases,
-            client_alias_max,
-            window,
-            pending,
-            inbound_unacked,
-            taken_over,
-            disconnect_sent,
-            busy,
-            quiet_sweeps,
-            park,
-            store_ring,
-        } = self;
-        Connection {
-            output,
-            broker,
-            codec,
-            peer,
-            client_id,
-            version,
-            conn_id,
-            signal,
-            identity,
-            will,
-            aliases,
-            client_alias_max,
-            window,
-            pending,
-            inbound_unacked,
-            taken_over,
-            disconnect_sent,
-            busy,
-            quiet_sweeps,
-            park,
-            store_ring,
-        }
+        self.replace_output(output).0
     }
 }
 

@@ -148,6 +148,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// `topic payload qN`: what most assertions compare.
+    pub fn brief(&self) -> String {
+        format!("{} {} q{}", self.topic, self.payload, self.qos)
+    }
+
     /// `PUBLISH topic "payload" q1 retain dup`, plus the v5 properties that matter.
     pub fn line(&self) -> String {
         let mut line = format!(
