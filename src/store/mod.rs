@@ -8,6 +8,9 @@
 //!   themselves.
 //! - [`Store::commit`] returns only after its operations are fsynced (or failed), and the
 //!   operations of one call are applied atomically, in the order calls were submitted.
+//!   With a file, the fsync is the commit log's (`log.rs`); redb's own file is fsynced
+//!   at checkpoints, and the log is replayed into it when the store opens, before any
+//!   reader.
 //! - Readers ([`Store::get`], [`Store::scan`]) use redb read transactions (MVCC
 //!   snapshots): they never wait for the writer and never see half a batch.
 //! - Nothing here is global: every [`Store`] is its own database and writer thread.
@@ -24,6 +27,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
 pub mod histogram;
+mod log;
 mod queue;
 mod writer;
 
@@ -246,11 +250,24 @@ impl Store {
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(db_error)?,
         };
+        // With a file, batches are made durable in the commit log beside it (log.rs);
+        // whatever the log holds goes into redb before anyone reads.
+        let log = match &options.path {
+            Some(path) => Some(writer::open_log(&db, path)?),
+            None => None,
+        };
         let db = Arc::new(db);
         let linger = options.linger;
         let queue = Arc::new(RequestQueue::new());
         let counters = Arc::new(Counters::default());
-        let writer = Writer::new(db.clone(), queue.clone(), counters.clone(), &options, probe);
+        let writer = Writer::new(
+            db.clone(),
+            queue.clone(),
+            counters.clone(),
+            &options,
+            log,
+            probe,
+        );
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())

@@ -690,3 +690,90 @@ async fn a_quiet_commit_keeps_its_place_and_completes_once_rung() {
     assert_eq!(store.stats().consumed, 2);
     store.close().await.unwrap();
 }
+
+/// What a SIGKILL would leave of the store at `path`: its database and its commit log as
+/// the files hold them now (the page cache survives a killed process).
+fn copy_as_after_a_crash(path: &Path, to: &Path) {
+    std::fs::copy(path, to).unwrap();
+    let log = log::CommitLog::path_for(path);
+    std::fs::copy(&log, log::CommitLog::path_for(to)).unwrap();
+}
+
+#[tokio::test]
+async fn durable_commits_live_in_the_log_until_a_checkpoint_and_replay_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = Store::open(on_file(&path)).unwrap();
+    let log_path = log::CommitLog::path_for(&path);
+    let empty_log = std::fs::metadata(&log_path).unwrap().len();
+    store
+        .commit((0..100).map(|i| put(format!("k{i:03}"), "v")).collect())
+        .await
+        .unwrap();
+    store.commit(vec![delete("k005")]).await.unwrap();
+    store
+        .commit(vec![Op::DeletePrefix {
+            table: T,
+            prefix: b"k09".to_vec(),
+        }])
+        .await
+        .unwrap();
+    store.commit(vec![put("k001", "changed")]).await.unwrap();
+    // One fsync per commit, each of the log alone: redb waits for a checkpoint.
+    let stats = store.stats();
+    assert_eq!((stats.transactions, stats.fsyncs), (4, 4), "{stats:?}");
+    assert!(std::fs::metadata(&log_path).unwrap().len() > empty_log);
+
+    // The writer is idle (every commit returned): the files are what a crash leaves.
+    let crashed = dir.path().join("crashed.redb");
+    copy_as_after_a_crash(&path, &crashed);
+    let reopened = Store::open(on_file(&crashed)).unwrap();
+    let entries = reopened.scan(T, b"").unwrap();
+    assert_eq!(entries.len(), 100 - 1 - 10);
+    assert!(!keys(&entries).contains(&b"k005".as_slice()));
+    assert!(!keys(&entries).iter().any(|key| key.starts_with(b"k09")));
+    assert_eq!(
+        reopened.get(T, b"k001").unwrap().as_deref(),
+        Some(&b"changed"[..])
+    );
+
+    // The replay was checkpointed into redb: opening the copy once more (with what it
+    // left) finds the same data with nothing left to replay.
+    reopened.close().await.unwrap();
+    drop(reopened);
+    let again = dir.path().join("again.redb");
+    copy_as_after_a_crash(&crashed, &again);
+    let opened = log::CommitLog::open(&log::CommitLog::path_for(&again)).unwrap();
+    assert!(opened.records.is_empty());
+    let again = Store::open(on_file(&again)).unwrap();
+    assert_eq!(again.scan(T, b"").unwrap(), entries);
+
+    // A clean close checkpoints: the log of the original store is empty afterwards.
+    store.close().await.unwrap();
+    drop(store);
+    assert!(log::CommitLog::open(&log_path).unwrap().records.is_empty());
+    let store = Store::open(on_file(&path)).unwrap();
+    assert_eq!(store.scan(T, b"").unwrap(), entries);
+}
+
+#[tokio::test]
+async fn lazy_commits_reach_the_log_and_the_timer_syncs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (store, hold, events) =
+        Store::open_held(on_file(&path), Duration::from_millis(50)).unwrap();
+    drop(hold);
+    store.commit_lazy(vec![put("lazy", "1")]);
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT).unwrap(), event(1, false));
+    // The timer's flush is a sync of the log, not a redb transaction.
+    assert_eq!(events.recv_timeout(EVENT_TIMEOUT).unwrap(), event(0, true));
+    let stats = store.stats();
+    assert_eq!((stats.transactions, stats.fsyncs), (1, 1), "{stats:?}");
+    let crashed = dir.path().join("crashed.redb");
+    copy_as_after_a_crash(&path, &crashed);
+    let reopened = Store::open(on_file(&crashed)).unwrap();
+    assert_eq!(
+        reopened.get(T, b"lazy").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+}
