@@ -179,6 +179,18 @@ impl BrokerProcess {
         Ok(kib * 1024)
     }
 
+    /// Bytes the broker has caused to be written to storage so far (`write_bytes` of
+    /// /proc/PID/io: counted when a page is first dirtied, so rewriting a page before it
+    /// reaches the disk counts once). What an SD card wears by.
+    pub fn disk_written_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/io", self.pid());
+        let io = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        io.lines()
+            .find_map(|line| line.strip_prefix("write_bytes:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("no write_bytes in {path}"))
+    }
+
     /// The address from Headwater's `broker listening` log line (it binds port 0).
     async fn headwater_address(&mut self, deadline: Instant) -> anyhow::Result<SocketAddr> {
         let log = self.dir.join("broker.log");

@@ -342,6 +342,7 @@ pub async fn fan_in(broker: &BrokerProcess, load: &Load, qos: QoS) -> anyhow::Re
     }
     let progress = Progress::new(1, load.window);
     let payload = timestamped(load.payload, 0);
+    let written_before = broker.disk_written_bytes()?;
     let start = Instant::now();
     let (reader, writer) = subscriber.split();
     let receiving = tokio::spawn(receive(
@@ -394,6 +395,16 @@ pub async fn fan_in(broker: &BrokerProcess, load: &Load, qos: QoS) -> anyhow::Re
         rate(received.count, start, received.last),
         true,
     );
+    if persistent {
+        // Read once every PUBACK is in: what it took to make the messages durable.
+        let written = broker.disk_written_bytes()?.saturating_sub(written_before);
+        measured.push(
+            "disk writes per message",
+            "B",
+            written as f64 / received.count.max(1) as f64,
+            false,
+        );
+    }
     measured
         .details
         .extend(tls_session.map(|s| format!("tls: {s}")));
@@ -492,7 +503,9 @@ pub async fn fan_out(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Meas
 pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
     let mut measured = Measured::default();
     for (qos, label) in [(QoS::AtMostOnce, "QoS 0"), (QoS::AtLeastOnce, "QoS 1")] {
+        let written_before = broker.disk_written_bytes()?;
         let mut latencies = latency_at(&broker.endpoint, load, qos).await?;
+        let written = broker.disk_written_bytes()?.saturating_sub(written_before);
         let expected = u64::from(load.rate) * load.duration.as_secs();
         if (latencies.len() as u64) < expected {
             measured.notes.push(format!(
@@ -520,6 +533,14 @@ pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Meas
             micros(latencies.last().copied().unwrap_or(0)),
             false,
         );
+        if qos == QoS::AtLeastOnce {
+            measured.push(
+                format!("{label} disk writes per message"),
+                "B",
+                written as f64 / latencies.len().max(1) as f64,
+                false,
+            );
+        }
     }
     Ok(measured)
 }
