@@ -130,8 +130,13 @@ impl CommitLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| error("cannot read", e))?;
-        let (epoch, records) = if bytes.is_empty() {
-            // New (or created and never written before a crash): nothing to replay.
+        let unwritten = bytes.len() < HEADER_LEN as usize
+            || bytes[..HEADER_LEN as usize].iter().all(|&b| b == 0);
+        let (epoch, records) = if unwritten {
+            // New, or created and cut off before its first header was synced: no record
+            // can have been acknowledged through it (records follow a synced header).
+            // Emptied, so nothing behind a new header can pass for a record of its epoch.
+            file.set_len(0).map_err(|e| error("cannot empty", e))?;
             (0, Vec::new())
         } else {
             let header = bytes
@@ -183,7 +188,7 @@ impl CommitLog {
         self.buffer.clear();
         self.buffer.resize(RECORD_HEADER_LEN, 0);
         for op in ops {
-            encode(&mut self.buffer, op);
+            encode(&mut self.buffer, op)?;
         }
         let body_len = u32::try_from(self.buffer.len() - RECORD_HEADER_LEN)
             .map_err(|_| StoreError::Database("commit log: one batch is over 4 GiB".to_string()))?;
@@ -241,7 +246,7 @@ fn valid_records(mut bytes: &[u8], epoch: u64) -> Vec<Vec<u8>> {
 
 /// Appends one operation: kind (u8), table name (u8 length, bytes), key (u32 length,
 /// bytes), and for a Put the value (u32 length, bytes).
-fn encode(out: &mut Vec<u8>, op: LoggedOp<'_>) {
+fn encode(out: &mut Vec<u8>, op: LoggedOp<'_>) -> Result<(), StoreError> {
     let (kind, table, key, value) = match op {
         LoggedOp::Put { table, key, value } => (PUT, table, key, Some(value)),
         LoggedOp::Delete { table, key } => (DELETE, table, key, None),
@@ -249,13 +254,18 @@ fn encode(out: &mut Vec<u8>, op: LoggedOp<'_>) {
     };
     out.push(kind);
     // Table names are the subsystems' constants ("broker.sessions"), far below 256 bytes.
-    let table = &table.as_bytes()[..table.len().min(usize::from(u8::MAX))];
-    out.push(table.len() as u8);
-    out.extend_from_slice(table);
+    let table_len = u8::try_from(table.len())
+        .map_err(|_| StoreError::Database(format!("table name over 255 bytes: {table}")))?;
+    out.push(table_len);
+    out.extend_from_slice(table.as_bytes());
     for bytes in std::iter::once(key).chain(value) {
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        let len = u32::try_from(bytes.len()).map_err(|_| {
+            StoreError::Database(format!("a key or value over 4 GiB in table {table}"))
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(bytes);
     }
+    Ok(())
 }
 
 /// The operations of one record body, or an error naming what is malformed (a record
@@ -348,7 +358,7 @@ mod tests {
         let ops = ops();
         let mut body = Vec::new();
         for op in &ops {
-            encode(&mut body, op.into());
+            encode(&mut body, op.into()).unwrap();
         }
         let decoded = decode(&body).unwrap();
         let expected: Vec<LoggedOp<'_>> = ops.iter().map(LoggedOp::from).collect();
@@ -409,6 +419,18 @@ mod tests {
         let mut log = opened.log;
         log.reset().unwrap();
         assert!(CommitLog::open(&path).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_log_cut_off_before_its_first_header_opens_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb.log");
+        for leftover in [&[0u8; 5][..], &[0u8; 4096][..]] {
+            std::fs::write(&path, leftover).unwrap();
+            let opened = CommitLog::open(&path).unwrap();
+            assert!(opened.records.is_empty());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        }
     }
 
     #[test]
