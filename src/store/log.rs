@@ -12,22 +12,27 @@
 //! its write buffer and is visible to readers at once.
 //!
 //! Format (little-endian): a 16-byte header, `MAGIC` then the file's epoch (u64); then
-//! records, each `[body length: u32][crc32 of epoch and body: u32][epoch: u64][body]`,
-//! the body being the batch's operations in order (see [`encode`]).
+//! records, each `[body length: u32][crc32: u32][epoch: u64][body]`, the body being the
+//! batch's operations in order (see [`encode`]). The checksum covers the record's file
+//! offset, its epoch and its body. Every write of a record also writes 16 zero bytes
+//! after it, which the next record overwrites: a clean end of the log.
 //!
 //! Invariants:
 //! - The records of the header's epoch, read from the start up to the first one that is
 //!   incomplete, fails its checksum or carries another epoch, are exactly the batches
 //!   applied to redb since its last durable commit, in order (a prefix of them after a
 //!   power cut, never anything else). Operations are blind writes (Put, Delete,
-//!   DeletePrefix), so replaying them onto a database that already holds some or all of
-//!   them gives the same result: a crash between a checkpoint and the log's reset is
-//!   harmless.
+//!   DeletePrefix), so replaying them onto a database that already holds all of them
+//!   gives the same result: a crash between a checkpoint and the log's reset is
+//!   harmless, because the log is synced before the checkpoint.
 //! - A checkpoint (a durable redb commit) is followed by [`CommitLog::reset`], which
 //!   writes a new epoch and fdatasyncs it before any record of that epoch is written.
 //!   Records are written over the old ones from the start of the file, so its size stays
-//!   at its high-water mark and a sync rarely has metadata to journal; stale records
-//!   behind the new ones carry an older epoch and end the replay.
+//!   at its high-water mark and a sync rarely has metadata to journal.
+//! - Epochs are random, not counted: the bytes behind the last record of an epoch can be
+//!   the middle of an older record, that is, client payload. A payload crafted to look
+//!   like a record would need the current epoch (64 random bits) and its own offset in
+//!   the file to pass the checksum.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -93,6 +98,8 @@ pub(super) struct CommitLog {
     epoch: u64,
     /// Where the next record goes.
     end: u64,
+    /// Where the last record written starts, until it is taken back or the epoch ends.
+    last: Option<u64>,
     /// The next record, reused between batches.
     buffer: Vec<u8>,
 }
@@ -157,6 +164,7 @@ impl CommitLog {
             path: path.to_path_buf(),
             epoch,
             end: HEADER_LEN,
+            last: None,
             buffer: Vec::new(),
         };
         Ok(Opened { log, records })
@@ -165,7 +173,7 @@ impl CommitLog {
     /// Starts a new epoch: everything logged so far must already be durable in redb.
     /// Durable when this returns, so no older record can be replayed afterwards.
     pub(super) fn reset(&mut self) -> Result<(), StoreError> {
-        let epoch = self.epoch + 1;
+        let epoch = new_epoch(self.epoch);
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&epoch.to_le_bytes());
@@ -177,6 +185,7 @@ impl CommitLog {
             .map_err(|e| self.error("cannot sync", e))?;
         self.epoch = epoch;
         self.end = HEADER_LEN;
+        self.last = None;
         Ok(())
     }
 
@@ -193,17 +202,34 @@ impl CommitLog {
         let body_len = u32::try_from(self.buffer.len() - RECORD_HEADER_LEN)
             .map_err(|_| StoreError::Database("commit log: one batch is over 4 GiB".to_string()))?;
         self.buffer[8..16].copy_from_slice(&self.epoch.to_le_bytes());
-        let crc = crc32fast::hash(&self.buffer[8..]);
+        let crc = checksum(self.end, &self.buffer[8..]);
         self.buffer[..4].copy_from_slice(&body_len.to_le_bytes());
         self.buffer[4..8].copy_from_slice(&crc.to_le_bytes());
+        let record_len = self.buffer.len() as u64;
+        // The end marker travels in the same write; the next record overwrites it.
+        self.buffer.extend_from_slice(&[0; RECORD_HEADER_LEN]);
         self.file
             .write_all_at(&self.buffer, self.end)
             .map_err(|e| self.error("cannot write", e))?;
-        self.end += self.buffer.len() as u64;
+        self.last = Some(self.end);
+        self.end += record_len;
         // A huge batch should not pin its buffer for the rest of the process.
         if self.buffer.capacity() > 1 << 20 {
             self.buffer = Vec::new();
         }
+        Ok(())
+    }
+
+    /// Takes back the record [`CommitLog::append`] just wrote (redb refused its batch): an
+    /// end marker goes over its header and the next record starts there.
+    pub(super) fn retract(&mut self) -> Result<(), StoreError> {
+        let Some(start) = self.last.take() else {
+            return Ok(());
+        };
+        self.file
+            .write_all_at(&[0; RECORD_HEADER_LEN], start)
+            .map_err(|e| self.error("cannot write", e))?;
+        self.end = start;
         Ok(())
     }
 
@@ -224,24 +250,60 @@ impl CommitLog {
     }
 }
 
-/// The bodies of the records of `epoch` at the start of `bytes`, up to the first that is
-/// incomplete, corrupt or of another epoch: the tail a crash can leave is ignored.
-fn valid_records(mut bytes: &[u8], epoch: u64) -> Vec<Vec<u8>> {
+/// The bodies of the records of `epoch` in `bytes` (the file after its header), up to
+/// the first that is incomplete, corrupt or of another epoch: the tail a crash can leave
+/// is ignored.
+fn valid_records(bytes: &[u8], epoch: u64) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
-    while bytes.len() >= RECORD_HEADER_LEN {
-        let body_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        let Some(record) = bytes.get(..RECORD_HEADER_LEN + body_len) else {
+    let mut at = 0usize;
+    while let Some(header) = bytes
+        .get(at..)
+        .and_then(|rest| rest.get(..RECORD_HEADER_LEN))
+    {
+        let body_len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let record_epoch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        // Checked: on armv7 a garbage length near 4 GiB would wrap a 32-bit usize.
+        let end = usize::try_from(body_len)
+            .ok()
+            .and_then(|len| (at + RECORD_HEADER_LEN).checked_add(len));
+        let Some(record) = end.and_then(|end| bytes.get(at..end)) else {
             break;
         };
-        let record_epoch = u64::from_le_bytes(record[8..16].try_into().expect("8 bytes"));
-        if record_epoch != epoch || crc32fast::hash(&record[8..]) != crc {
+        let offset = HEADER_LEN + at as u64;
+        if record_epoch != epoch || checksum(offset, &record[8..]) != crc {
             break;
         }
         records.push(record[RECORD_HEADER_LEN..].to_vec());
-        bytes = &bytes[record.len()..];
+        at += record.len();
     }
     records
+}
+
+/// The checksum of a record at file offset `offset` over its epoch and body (`tail`).
+fn checksum(offset: u64, tail: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&offset.to_le_bytes());
+    hasher.update(tail);
+    hasher.finalize()
+}
+
+/// A random epoch, different from `previous` and from 0 (the end marker's).
+fn new_epoch(previous: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std seeds every `RandomState` from the operating system's random source; no
+    // dependency is needed for 64 bits nobody outside the process can predict.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(previous);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    hasher.write_u64(nanos);
+    match hasher.finish() {
+        0 => 1,
+        epoch if epoch == previous => epoch.wrapping_add(1).max(1),
+        epoch => epoch,
+    }
 }
 
 /// Appends one operation: kind (u8), table name (u8 length, bytes), key (u32 length,
@@ -387,8 +449,11 @@ mod tests {
         assert_eq!(opened.records.len(), 2);
         assert_eq!(decode(&opened.records[1]).unwrap().len(), 2);
 
+        // The records end where the end marker (16 zero bytes) begins.
+        let records_end = written.len() - RECORD_HEADER_LEN;
+        assert!(written[records_end..].iter().all(|&b| b == 0));
         // A crash in the middle of the second record leaves the first.
-        for cut in [written.len() - 1, written.len() - 300] {
+        for cut in [records_end - 1, records_end - 300] {
             std::fs::write(&path, &written[..cut]).unwrap();
             assert_eq!(
                 CommitLog::open(&path).unwrap().records.len(),
@@ -398,8 +463,7 @@ mod tests {
         }
         // A flipped byte fails the checksum.
         let mut corrupt = written.clone();
-        let last = corrupt.len() - 1;
-        corrupt[last] ^= 1;
+        corrupt[records_end - 1] ^= 1;
         std::fs::write(&path, &corrupt).unwrap();
         assert_eq!(CommitLog::open(&path).unwrap().records.len(), 1);
 
@@ -419,6 +483,60 @@ mod tests {
         let mut log = opened.log;
         log.reset().unwrap();
         assert!(CommitLog::open(&path).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_record_moved_to_another_offset_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb.log");
+        let mut log = CommitLog::open(&path).unwrap().log;
+        log.reset().unwrap();
+        let ops = ops();
+        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
+        let second = log.end as usize;
+        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
+        let third = log.end as usize;
+        log.sync().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(CommitLog::open(&path).unwrap().records.len(), 2);
+        // The same epoch and body one record earlier, as stale bytes could present them.
+        let mut moved = written[..HEADER_LEN as usize].to_vec();
+        moved.extend_from_slice(&written[second..third]);
+        std::fs::write(&path, &moved).unwrap();
+        assert!(CommitLog::open(&path).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_retracted_record_is_not_replayed_and_the_next_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb.log");
+        let mut log = CommitLog::open(&path).unwrap().log;
+        log.reset().unwrap();
+        let ops = ops();
+        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
+        log.append(ops[1..].iter().map(LoggedOp::from)).unwrap();
+        log.retract().unwrap();
+        log.sync().unwrap();
+        let opened = CommitLog::open(&path).unwrap();
+        assert_eq!(opened.records.len(), 1);
+        log.append(ops[1..2].iter().map(LoggedOp::from)).unwrap();
+        log.sync().unwrap();
+        let opened = CommitLog::open(&path).unwrap();
+        assert_eq!(opened.records.len(), 2);
+        assert_eq!(
+            decode(&opened.records[1]).unwrap(),
+            vec![LoggedOp::from(&ops[1])]
+        );
+    }
+
+    #[test]
+    fn epochs_are_never_zero_nor_repeated() {
+        let mut previous = 0;
+        for _ in 0..1000 {
+            let epoch = new_epoch(previous);
+            assert!(epoch != 0 && epoch != previous);
+            previous = epoch;
+        }
     }
 
     #[test]

@@ -478,14 +478,19 @@ async fn a_failed_transaction_fails_its_whole_batch_and_the_writer_goes_on() {
         None,
         "nothing of the batch is written"
     );
+    // The failed batch's record reached the commit log before redb refused it; it must
+    // never be replayed (here it would even fail the open), crash or no crash.
+    let crashed = dir.path().join("crashed.redb");
+    copy_as_after_a_crash(&path, &crashed);
+    let reopened = Store::open(on_file(&crashed)).unwrap();
+    assert_eq!(reopened.get(T, b"good").unwrap(), None);
+    drop(reopened);
     store.commit(vec![put("after", "1")]).await.unwrap();
     assert_eq!(
         store.get(T, b"after").unwrap().as_deref(),
         Some(b"1".as_slice())
     );
-    // The failed batch's record reached the commit log before redb refused it; it must
-    // never be replayed (here it would even fail the open).
-    let crashed = dir.path().join("crashed.redb");
+    let crashed = dir.path().join("crashed-later.redb");
     copy_as_after_a_crash(&path, &crashed);
     let reopened = Store::open(on_file(&crashed)).unwrap();
     assert_eq!(reopened.get(T, b"good").unwrap(), None);

@@ -120,9 +120,10 @@ pub(super) struct Writer {
     log: Option<CommitLog>,
     /// redb transactions committed since the last durable one.
     since_checkpoint: u32,
-    /// The log may hold a record of a batch redb does not have (its apply or the log's
-    /// sync failed): before anything else is logged, redb must be made durable and the
-    /// log started afresh ([`Writer::checkpoint`]).
+    /// The log may hold a record of a batch redb does not have (a refused batch's record
+    /// could not be taken back), or be incomplete (its sync failed), or a checkpoint's
+    /// reset did not finish: before anything else is logged, redb must be made durable
+    /// and the log started afresh ([`Writer::checkpoint`]).
     log_stale: bool,
     /// Test instrumentation; always `None` outside the unit tests.
     probe: Option<Probe>,
@@ -462,7 +463,12 @@ impl Writer {
             // whatever part of this one reached the file.
             log.append(ops.iter().map(LoggedOp::from))?;
             if let Err(e) = self.apply(ops.iter().map(LoggedOp::from), false) {
-                self.log_stale = true;
+                // Its waiters are told it failed: its record must never be replayed.
+                let log = self.log.as_mut().expect("commit_logged runs with a log");
+                if let Err(retract) = log.retract() {
+                    tracing::warn!("store: {retract}");
+                    self.log_stale = true;
+                }
                 return Err(e);
             }
             self.since_checkpoint += 1;
@@ -483,8 +489,10 @@ impl Writer {
         }
         let log = self.log.as_ref().expect("commit_logged runs with a log");
         if self.since_checkpoint >= CHECKPOINT_TRANSACTIONS || log.len() >= CHECKPOINT_LOG_BYTES {
-            // The batch is durable (or lazy) whatever happens here; a failed checkpoint is
-            // retried after the next batch, and the log keeps everything until then.
+            // The batch is durable (or lazy) whatever happens here, and the log keeps
+            // everything. (A failed redb commit leaves redb refusing writes until it is
+            // reopened, so every later batch fails too: nothing is acknowledged that
+            // is not in the log.)
             if let Err(e) = self.checkpoint() {
                 tracing::warn!("store: checkpoint failed: {e}");
             }
@@ -496,6 +504,16 @@ impl Writer {
     /// epoch, so no record older than that state (or of a batch redb refused) can be
     /// replayed over it.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
+        // The log first: after a power cut between redb's commit and the reset, the log is
+        // replayed onto a redb that holds every record, which only works if the log holds
+        // every record redb does (lazy ones may be unsynced). After a failed sync this
+        // fails again, and the checkpoint goes on without it: redb's fsync is then the
+        // only durability left.
+        if let Some(log) = &self.log
+            && let Err(e) = log.sync()
+        {
+            tracing::warn!("store: checkpoint without a log sync: {e}");
+        }
         self.apply(std::iter::empty(), true)?;
         self.since_checkpoint = 0;
         // Until the reset is durable, the old records must not be followed by new ones.
@@ -572,6 +590,14 @@ impl Writer {
             return self.over_quota;
         }
         self.quota_measured_at = Some(Instant::now());
+        // Pages that non-durable commits freed are only released by a durable one: a
+        // checkpoint first, or Deletes would free nothing measurable until the next.
+        if self.log.is_some()
+            && self.since_checkpoint > 0
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::warn!("store: checkpoint before measuring the quota failed: {e}");
+        }
         match self.allocated_bytes() {
             Ok(allocated) => allocated > quota,
             Err(e) => {
