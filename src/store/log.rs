@@ -415,6 +415,15 @@ mod tests {
         ]
     }
 
+    /// A new log in a temporary directory (kept as long as the returned guard), started.
+    fn fresh_log() -> (tempfile::TempDir, std::path::PathBuf, CommitLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb.log");
+        let mut log = CommitLog::open(&path).unwrap().log;
+        log.reset().unwrap();
+        (dir, path, log)
+    }
+
     #[test]
     fn operations_decode_as_encoded() {
         let ops = ops();
@@ -435,10 +444,7 @@ mod tests {
 
     #[test]
     fn replay_stops_at_a_torn_tail_and_at_records_of_an_older_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb.log");
-        let mut log = CommitLog::open(&path).unwrap().log;
-        log.reset().unwrap();
+        let (_dir, path, mut log) = fresh_log();
         let ops = ops();
         log.append(ops[..2].iter().map(LoggedOp::from)).unwrap();
         log.append(ops[2..].iter().map(LoggedOp::from)).unwrap();
@@ -487,10 +493,7 @@ mod tests {
 
     #[test]
     fn a_record_moved_to_another_offset_fails_its_checksum() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb.log");
-        let mut log = CommitLog::open(&path).unwrap().log;
-        log.reset().unwrap();
+        let (_dir, path, mut log) = fresh_log();
         let ops = ops();
         log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
         let second = log.end as usize;
@@ -508,10 +511,7 @@ mod tests {
 
     #[test]
     fn a_retracted_record_is_not_replayed_and_the_next_takes_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb.log");
-        let mut log = CommitLog::open(&path).unwrap().log;
-        log.reset().unwrap();
+        let (_dir, path, mut log) = fresh_log();
         let ops = ops();
         log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
         log.append(ops[1..].iter().map(LoggedOp::from)).unwrap();
