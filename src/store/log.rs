@@ -424,6 +424,10 @@ mod tests {
         (dir, path, log)
     }
 
+    fn append(log: &mut CommitLog, ops: &[Op]) -> Result<(), StoreError> {
+        log.append(ops.iter().map(LoggedOp::from))
+    }
+
     #[test]
     fn operations_decode_as_encoded() {
         let ops = ops();
@@ -446,8 +450,8 @@ mod tests {
     fn replay_stops_at_a_torn_tail_and_at_records_of_an_older_epoch() {
         let (_dir, path, mut log) = fresh_log();
         let ops = ops();
-        log.append(ops[..2].iter().map(LoggedOp::from)).unwrap();
-        log.append(ops[2..].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[..2]).unwrap();
+        append(&mut log, &ops[2..]).unwrap();
         log.sync().unwrap();
         let written = std::fs::read(&path).unwrap();
 
@@ -477,7 +481,7 @@ mod tests {
         std::fs::write(&path, &written).unwrap();
         let mut log = CommitLog::open(&path).unwrap().log;
         log.reset().unwrap();
-        log.append(ops[1..2].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[1..2]).unwrap();
         log.sync().unwrap();
         let opened = CommitLog::open(&path).unwrap();
         assert_eq!(opened.records.len(), 1);
@@ -495,9 +499,9 @@ mod tests {
     fn a_record_moved_to_another_offset_fails_its_checksum() {
         let (_dir, path, mut log) = fresh_log();
         let ops = ops();
-        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[..1]).unwrap();
         let second = log.end as usize;
-        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[..1]).unwrap();
         let third = log.end as usize;
         log.sync().unwrap();
         let written = std::fs::read(&path).unwrap();
@@ -513,13 +517,13 @@ mod tests {
     fn a_retracted_record_is_not_replayed_and_the_next_takes_its_place() {
         let (_dir, path, mut log) = fresh_log();
         let ops = ops();
-        log.append(ops[..1].iter().map(LoggedOp::from)).unwrap();
-        log.append(ops[1..].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[..1]).unwrap();
+        append(&mut log, &ops[1..]).unwrap();
         log.retract().unwrap();
         log.sync().unwrap();
         let opened = CommitLog::open(&path).unwrap();
         assert_eq!(opened.records.len(), 1);
-        log.append(ops[1..2].iter().map(LoggedOp::from)).unwrap();
+        append(&mut log, &ops[1..2]).unwrap();
         log.sync().unwrap();
         let opened = CommitLog::open(&path).unwrap();
         assert_eq!(opened.records.len(), 2);

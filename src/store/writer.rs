@@ -457,15 +457,13 @@ impl Writer {
         if self.log_stale {
             self.checkpoint()?;
         }
-        let log = self.log.as_mut().expect("commit_logged runs with a log");
         if !ops.is_empty() {
             // A failed write leaves the log's end where it was: the next record overwrites
             // whatever part of this one reached the file.
-            log.append(ops.iter().map(LoggedOp::from))?;
+            self.log().append(ops.iter().map(LoggedOp::from))?;
             if let Err(e) = self.apply(ops.iter().map(LoggedOp::from), false) {
                 // Its waiters are told it failed: its record must never be replayed.
-                let log = self.log.as_mut().expect("commit_logged runs with a log");
-                if let Err(retract) = log.retract() {
+                if let Err(retract) = self.log().retract() {
                     tracing::warn!("store: {retract}");
                     self.log_stale = true;
                 }
@@ -474,8 +472,7 @@ impl Writer {
             self.since_checkpoint += 1;
         }
         if durable {
-            let log = self.log.as_ref().expect("commit_logged runs with a log");
-            match log.sync() {
+            match self.log().sync() {
                 Ok(()) => {
                     self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
                 }
@@ -487,8 +484,9 @@ impl Writer {
                 }
             }
         }
-        let log = self.log.as_ref().expect("commit_logged runs with a log");
-        if self.since_checkpoint >= CHECKPOINT_TRANSACTIONS || log.len() >= CHECKPOINT_LOG_BYTES {
+        if self.since_checkpoint >= CHECKPOINT_TRANSACTIONS
+            || self.log().len() >= CHECKPOINT_LOG_BYTES
+        {
             // The batch is durable (or lazy) whatever happens here, and the log keeps
             // everything. (A failed redb commit leaves redb refusing writes until it is
             // reopened, so every later batch fails too: nothing is acknowledged that
@@ -498,6 +496,13 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// The commit log; only for a store with a file, which always has one.
+    fn log(&mut self) -> &mut CommitLog {
+        self.log
+            .as_mut()
+            .expect("a store with a file has a commit log")
     }
 
     /// Makes redb durable (it then holds every batch applied so far) and starts a new log

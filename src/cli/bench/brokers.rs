@@ -161,12 +161,23 @@ impl BrokerProcess {
 
     /// The broker's resident set size in bytes (VmRSS of /proc/PID/status).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+        Ok(self.proc_field("status", "VmRSS:")? * 1024)
+    }
+
+    /// Bytes the broker has caused to be written to storage so far (`write_bytes` of
+    /// /proc/PID/io: counted when a page is first dirtied, so rewriting a page before it
+    /// reaches the disk counts once). What an SD card wears by.
+    pub fn disk_written_bytes(&self) -> anyhow::Result<u64> {
+        self.proc_field("io", "write_bytes:")
+    }
+
+    /// The number on the line of /proc/PID/`file` that starts with `key` (a trailing
+    /// `kB` is dropped).
+    fn proc_field(&self, file: &str, key: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/{file}", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
             .and_then(|value| {
                 value
                     .trim()
@@ -175,20 +186,7 @@ impl BrokerProcess {
                     .parse::<u64>()
                     .ok()
             })
-            .with_context(|| format!("no VmRSS in {path}"))?;
-        Ok(kib * 1024)
-    }
-
-    /// Bytes the broker has caused to be written to storage so far (`write_bytes` of
-    /// /proc/PID/io: counted when a page is first dirtied, so rewriting a page before it
-    /// reaches the disk counts once). What an SD card wears by.
-    pub fn disk_written_bytes(&self) -> anyhow::Result<u64> {
-        let path = format!("/proc/{}/io", self.pid());
-        let io = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        io.lines()
-            .find_map(|line| line.strip_prefix("write_bytes:"))
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .with_context(|| format!("no write_bytes in {path}"))
+            .with_context(|| format!("no {key} in {path}"))
     }
 
     /// The address from Headwater's `broker listening` log line (it binds port 0).
