@@ -87,9 +87,9 @@ struct After {
     deliveries: Vec<(ByteString, Queued)>,
     /// What to write instead when the commit failed (v5 reason 0x97); `None` closes
     /// the connection.
-    on_error: Option<Packet>,
-    /// An inbound QoS 1 publish finished (for the receive maximum).
-    inbound_done: bool,
+    on_error: Option<Vec<Packet>>,
+    /// Inbound QoS 1 publishes finished (for the receive maximum).
+    inbound_done: u32,
 }
 
 impl After {
@@ -99,8 +99,23 @@ impl After {
             replies,
             deliveries: Vec::new(),
             on_error: None,
-            inbound_done: false,
+            inbound_done: 0,
         }
+    }
+
+    /// `next` after this, as one: its replies and deliveries follow these; a failure
+    /// closes the connection if either would have.
+    fn merge(&mut self, next: After) {
+        self.replies.extend(next.replies);
+        self.deliveries.extend(next.deliveries);
+        self.on_error = match (self.on_error.take(), next.on_error) {
+            (Some(mut these), Some(those)) => {
+                these.extend(those);
+                Some(these)
+            }
+            _ => None,
+        };
+        self.inbound_done += next.inbound_done;
     }
 }
 
@@ -638,6 +653,35 @@ struct Aliases {
     outbound: HashMap<ByteString, NonZeroU16>,
 }
 
+/// What the packets of one read leave to do together once the read is handled
+/// ([`Connection::settle`]): under load a read holds many publishes or acknowledgements,
+/// and one store request, one pass over the shared state and one wake-up per subscriber
+/// for all of them cost the connection less than one each.
+#[derive(Default)]
+struct Batch {
+    /// Lazy deletes of the acknowledged deliveries' queue entries, in order.
+    deletes: Vec<Op>,
+    /// A delivery left flight: the window has room for queued messages.
+    pump: bool,
+    /// The publishes' durable operations, committed as one request.
+    ops: Vec<Op>,
+    /// What to do once `ops` are durable (the publishes' replies, in order).
+    after: Option<After>,
+    /// Deliveries handed to their sessions now, once `ops` are queued in the store.
+    now: Vec<(ByteString, Queued)>,
+}
+
+impl Batch {
+    /// Adds a publish's commit: `ops` join the batch's, `after` runs after all of them.
+    fn commit(&mut self, ops: Vec<Op>, after: After) {
+        self.ops.extend(ops);
+        match &mut self.after {
+            Some(merged) => merged.merge(after),
+            None => self.after = Some(after),
+        }
+    }
+}
+
 /// One client's connection. `O` is where its packets go: an [`Output`] while it runs, the
 /// bare socket while it is parked (`Parked`), which keeps a parked connection in a
 /// smaller allocation size class and makes writing to a parked socket a type error.
@@ -785,7 +829,12 @@ impl Connection {
         let accepted = match self.accept(connect, login).await {
             // Packets that arrived with the CONNECT.
             Ok(()) => match &mut input {
-                Input::Tcp { rbuf, .. } => self.decode_all(rbuf),
+                Input::Tcp { rbuf, .. } => {
+                    let mut batch = Batch::default();
+                    let decoded = self.decode_all(rbuf, &mut batch);
+                    self.settle(batch);
+                    decoded
+                }
                 Input::Local(_) => Ok(()),
             },
             Err(end) => Err(end),
@@ -1176,13 +1225,20 @@ impl Connection {
                         Err(End::Abnormal("connection closed by the client".into()))
                     }
                     (Ok(Arrived::Bytes), Input::Tcp { rbuf, .. }) => {
-                        let handled = self.decode_all(rbuf);
+                        let mut batch = Batch::default();
+                        let handled = self.decode_all(rbuf, &mut batch);
+                        self.settle(batch);
                         if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
                             *rbuf = BytesMut::new();
                         }
                         handled
                     }
-                    (Ok(Arrived::Packet(packet)), _) => self.handle(packet),
+                    (Ok(Arrived::Packet(packet)), _) => {
+                        let mut batch = Batch::default();
+                        let handled = self.handle(packet, &mut batch);
+                        self.settle(batch);
+                        handled
+                    }
                     (Ok(Arrived::Bytes), Input::Local(_)) => Ok(()),
                     (Err(e), _) => Err(End::Abnormal(format!("read failed: {e}"))),
                 }
@@ -1235,10 +1291,10 @@ impl Connection {
         }
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+    fn decode_all(&mut self, rbuf: &mut BytesMut, batch: &mut Batch) -> Result<(), End> {
         loop {
             match self.codec.decode(rbuf) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => self.handle(packet, batch)?,
                 Ok(None) => return Ok(()),
                 Err(violation) => return Err(self.violation(violation)),
             }
@@ -1262,11 +1318,20 @@ impl Connection {
         End::Abnormal(what.to_string())
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), End> {
+    /// Handles one packet. Publishes and acknowledgements of deliveries leave their
+    /// store requests and deliveries in `batch`; any other packet settles it first, so
+    /// its replies and commits keep their order behind those of the packets before it.
+    fn handle(&mut self, packet: Packet, batch: &mut Batch) -> Result<(), End> {
+        if !matches!(
+            packet,
+            Packet::Publish(_) | Packet::PubAck(..) | Packet::PubComp(..)
+        ) {
+            self.settle(std::mem::take(batch));
+        }
         match packet {
-            Packet::Publish(publish) => self.on_publish(*publish),
+            Packet::Publish(publish) => self.on_publish(*publish, batch),
             Packet::PubAck(id, _) => {
-                self.on_ack(id, Qos::AtLeastOnce);
+                self.on_ack(id, Qos::AtLeastOnce, batch);
                 Ok(())
             }
             Packet::PubRec(id, code) => {
@@ -1278,7 +1343,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(id, _) => {
-                self.on_ack(id, Qos::ExactlyOnce);
+                self.on_ack(id, Qos::ExactlyOnce, batch);
                 Ok(())
             }
             Packet::Subscribe {
@@ -1323,7 +1388,7 @@ impl Connection {
         }
     }
 
-    fn on_publish(&mut self, mut publish: Publish) -> Result<(), End> {
+    fn on_publish(&mut self, mut publish: Publish, batch: &mut Batch) -> Result<(), End> {
         let shared = self.broker.shared.clone();
         shared.stats.received(publish.payload.len());
         // v5 topic aliases [MQTT-3.3.2-7..12].
@@ -1456,15 +1521,18 @@ impl Connection {
         };
         let on_error = match (self.version, qos, packet_id) {
             (Version::V5, Qos::AtLeastOnce, Some(id)) => {
-                Some(Packet::PubAck(id, reason::QUOTA_EXCEEDED))
+                Some(vec![Packet::PubAck(id, reason::QUOTA_EXCEEDED)])
             }
             (Version::V5, Qos::ExactlyOnce, Some(id)) => {
-                Some(Packet::PubRec(id, reason::QUOTA_EXCEEDED))
+                Some(vec![Packet::PubRec(id, reason::QUOTA_EXCEEDED)])
             }
             _ => None,
         };
         // QoS 0 needs nothing durable; QoS 1/2 acks wait for the store.
         if qos == Qos::AtMostOnce && !ops.is_empty() {
+            // Behind the commits of the publishes read before it: a retained message
+            // replaced twice in one read must end up as the second.
+            self.settle(std::mem::take(batch));
             shared.store.commit_lazy(std::mem::take(&mut ops));
         }
         // Deliveries at QoS 0 and 1 go out now, before the commit: at worst a crash
@@ -1481,18 +1549,12 @@ impl Connection {
             on_error,
             // A QoS 2 publish counts against the receive maximum until PUBCOMP
             // [MQTT-4.9.0-2]; see `on_pubrel`.
-            inbound_done: qos == Qos::AtLeastOnce,
+            inbound_done: u32::from(qos == Qos::AtLeastOnce),
         };
         if !(ops.is_empty() && after.replies.is_empty() && after.deliveries.is_empty()) {
-            // Queues the commit first: see `after_commit`. Quietly when messages go out
-            // now: the writer is woken after they are written (`Running::poll_run`).
-            self.queue_after_commit(ops, after, !now.is_empty());
+            batch.commit(ops, after);
         }
-        if !now.is_empty() {
-            for signal in self.broker.state().apply(now) {
-                signal.wake();
-            }
-        }
+        batch.now.extend(now);
         Ok(())
     }
 
@@ -1532,9 +1594,7 @@ impl Connection {
 
     /// A commit finished: write its replies and hand over its deliveries.
     fn complete(&mut self, result: Result<(), StoreError>, after: After) -> Result<(), End> {
-        if after.inbound_done {
-            self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
-        }
+        self.inbound_unacked = self.inbound_unacked.saturating_sub(after.inbound_done);
         match result {
             Ok(()) => {
                 for reply in after.replies {
@@ -1549,8 +1609,10 @@ impl Connection {
             Err(e) => {
                 tracing::warn!(client = %self.client_id, "store commit failed: {e}");
                 match after.on_error {
-                    Some(packet) => {
-                        self.send(packet);
+                    Some(packets) => {
+                        for packet in packets {
+                            self.send(packet);
+                        }
                         Ok(())
                     }
                     // No way to say it in v3: close, the client resends after reconnecting.
@@ -1589,7 +1651,9 @@ impl Connection {
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client: the delivery is over.
-    fn on_ack(&mut self, id: NonZeroU16, qos: Qos) {
+    /// A delivery is over: out of flight now; its queue entry's delete and the next
+    /// deliveries wait in `batch` for the end of what was read ([`Connection::settle`]).
+    fn on_ack(&mut self, id: NonZeroU16, qos: Qos, batch: &mut Batch) {
         let durable = self.broker.shared.durable();
         {
             let mut state = self.broker.state();
@@ -1605,13 +1669,35 @@ impl Connection {
             let queued = session.inflight.remove(&id.get()).expect("checked");
             if durable && session.persistent() {
                 // Losing this delete in a crash only means one more redelivery.
-                self.broker.shared.store.commit_lazy(vec![Op::Delete {
+                batch.deletes.push(Op::Delete {
                     table: session::QUEUE,
                     key: queue_key(&self.client_id, queued.seq),
-                }]);
+                });
             }
         }
-        self.pump();
+        batch.pump = true;
+    }
+
+    /// Does what the packets of one read left in `batch`: the acknowledged deliveries'
+    /// deletes (lazy), the publishes' commit (one request, answered in order with
+    /// everything queued before), then their deliveries, then refills the window.
+    fn settle(&mut self, batch: Batch) {
+        if !batch.deletes.is_empty() {
+            self.broker.shared.store.commit_lazy(batch.deletes);
+        }
+        if let Some(after) = batch.after {
+            // Queues the commit first: see `after_commit`. Quietly when messages go out
+            // now: the writer is woken after they are written (`Running::poll_run`).
+            self.queue_after_commit(batch.ops, after, !batch.now.is_empty());
+        }
+        if !batch.now.is_empty() {
+            for signal in self.broker.state().apply(batch.now) {
+                signal.wake();
+            }
+        }
+        if batch.pump {
+            self.pump();
+        }
     }
 
     fn on_pubrec(&mut self, id: NonZeroU16, code: u8) {
