@@ -46,6 +46,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read and write buffers above this are released when the connection is idle, so an
 /// idle connection costs little memory.
 const IDLE_BUFFER: usize = 4096;
+/// Room made in the read buffer after a read that filled it. The buffer starts small
+/// (an idle connection's costs little) and the decoder asks only for the rest of the
+/// packet it is in, so without this a busy client is read one packet per system call;
+/// with it, a read takes what a publisher wrote in one go (about 25 packets of a
+/// 64-byte message), and they are handled as one batch (`settle`).
+const READ_ROOM: usize = 2048;
 
 /// A commit in flight with what to do when it lands.
 type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
@@ -1225,11 +1231,15 @@ impl Connection {
                         Err(End::Abnormal("connection closed by the client".into()))
                     }
                     (Ok(Arrived::Bytes), Input::Tcp { rbuf, .. }) => {
+                        // The read took all the room there was: more is probably waiting.
+                        let filled = rbuf.len() == rbuf.capacity();
                         let mut batch = Batch::default();
                         let handled = self.decode_all(rbuf, &mut batch);
                         self.settle(batch);
                         if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
                             *rbuf = BytesMut::new();
+                        } else if filled {
+                            rbuf.reserve(READ_ROOM);
                         }
                         handled
                     }
