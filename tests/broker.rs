@@ -442,6 +442,30 @@ fn mqtt_4_6_0_2_packets_of_one_read_are_acknowledged_and_stored_in_order() {
     assert_eq!(sub.next(), ("one-read/retained".into(), "second".into()));
 }
 
+/// A QoS 1 publish that arrives in the same read as its CONNECT and is followed by
+/// DISCONNECT still gets its PUBACK: its commit (retained, with a subscriber online, so
+/// queued without waking the store) is rung for as the connection finishes.
+#[test]
+fn a_publish_that_comes_with_connect_and_disconnect_is_acknowledged() {
+    let data = tempfile::tempdir().unwrap();
+    let (_broker, port) = broker(data.path(), 0);
+    let mut sub = Sub::start(port, &["-t", "with-connect"]);
+    let mut stream = raw(port);
+    let one_write = [
+        CONNECT_V311.to_vec(),
+        publish_packet("with-connect", "x", 1, true, 1),
+        b"\xe0\x00".to_vec(),
+    ]
+    .concat();
+    stream.write_all(&one_write).unwrap();
+    assert_eq!(
+        read_to_close(stream),
+        [0x20, 2, 0, 0, 0x40, 2, 0, 1],
+        "CONNACK and PUBACK before the broker closes"
+    );
+    assert_eq!(sub.next(), ("with-connect".into(), "x".into()));
+}
+
 /// The payloads of `wanted` not among `received`.
 fn not_yet(wanted: &HashSet<String>, received: &[(String, String)]) -> HashSet<String> {
     let got: HashSet<&str> = received.iter().map(|(_, p)| p.as_str()).collect();

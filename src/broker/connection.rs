@@ -52,6 +52,21 @@ const IDLE_BUFFER: usize = 4096;
 /// with it, a read takes what a publisher wrote in one go (about 25 packets of a
 /// 64-byte message), and they are handled as one batch (`settle`).
 const READ_ROOM: usize = 2048;
+/// Topics and payloads up to this size are copied out of the read buffer
+/// ([`unshare_from_read_buffer`]).
+const COPIED_BELOW: usize = 1024;
+
+/// Gives a small publish's topic and payload their own allocations. The codec hands out
+/// slices of the read buffer, and a slice keeps its whole buffer alive: a retained
+/// message, a filter or a message queued for an offline session would otherwise pin a
+/// [`READ_ROOM`]-sized block for as long as it lives. A large payload is most of its
+/// buffer anyway and is not copied.
+fn unshare_from_read_buffer(publish: &mut Publish) {
+    if publish.payload.len() < COPIED_BELOW {
+        publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
+    }
+    publish.topic = ByteString::from(&*publish.topic);
+}
 
 /// A commit in flight with what to do when it lands.
 type Pending = Pin<Box<dyn Future<Output = (Result<(), StoreError>, After)> + Send>>;
@@ -659,6 +674,16 @@ struct Aliases {
     outbound: HashMap<ByteString, NonZeroU16>,
 }
 
+/// Whether `ops` write anything new (a request the store refuses over its quota).
+fn puts(ops: &[Op]) -> bool {
+    ops.iter().any(|op| matches!(op, Op::Put { .. }))
+}
+
+/// Packets of one read handled before their batch is settled: a read that took a
+/// large buffer of small packets settles in bounded pieces (store requests, session
+/// queue overshoot).
+const BATCH_PACKETS: usize = 256;
+
 /// What the packets of one read leave to do together once the read is handled
 /// ([`Connection::settle`]): under load a read holds many publishes or acknowledgements,
 /// and one store request, one pass over the shared state and one wake-up per subscriber
@@ -675,6 +700,8 @@ struct Batch {
     after: Option<After>,
     /// Deliveries handed to their sessions now, once `ops` are queued in the store.
     now: Vec<(ByteString, Queued)>,
+    /// Publishes and acknowledgements in it (settled at [`BATCH_PACKETS`]).
+    packets: usize,
 }
 
 impl Batch {
@@ -1199,6 +1226,13 @@ impl Connection {
                 self.quiet_sweeps.saturating_add(1)
             };
             self.park = self.quiet_sweeps >= QUIET_SWEEPS_TO_PARK;
+            // A quiet connection that cannot park (TLS, WebSocket) keeps no read room.
+            if let Input::Tcp { rbuf } = input
+                && rbuf.is_empty()
+                && rbuf.capacity() > 0
+            {
+                *rbuf = BytesMut::new();
+            }
             return Ok(());
         }
         self.busy = true;
@@ -1240,6 +1274,11 @@ impl Connection {
                             *rbuf = BytesMut::new();
                         } else if filled {
                             rbuf.reserve(READ_ROOM);
+                            // An empty buffer's reserve takes back its whole allocation,
+                            // which one large packet may have made large.
+                            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+                                *rbuf = BytesMut::with_capacity(READ_ROOM);
+                            }
                         }
                         handled
                     }
@@ -1304,7 +1343,12 @@ impl Connection {
     fn decode_all(&mut self, rbuf: &mut BytesMut, batch: &mut Batch) -> Result<(), End> {
         loop {
             match self.codec.decode(rbuf) {
-                Ok(Some(packet)) => self.handle(packet, batch)?,
+                Ok(Some(packet)) => {
+                    self.handle(packet, batch)?;
+                    if batch.packets >= BATCH_PACKETS {
+                        self.settle(std::mem::take(batch));
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(violation) => return Err(self.violation(violation)),
             }
@@ -1332,10 +1376,12 @@ impl Connection {
     /// store requests and deliveries in `batch`; any other packet settles it first, so
     /// its replies and commits keep their order behind those of the packets before it.
     fn handle(&mut self, packet: Packet, batch: &mut Batch) -> Result<(), End> {
-        if !matches!(
+        if matches!(
             packet,
             Packet::Publish(_) | Packet::PubAck(..) | Packet::PubComp(..)
         ) {
+            batch.packets += 1;
+        } else {
             self.settle(std::mem::take(batch));
         }
         match packet {
@@ -1401,6 +1447,7 @@ impl Connection {
     fn on_publish(&mut self, mut publish: Publish, batch: &mut Batch) -> Result<(), End> {
         let shared = self.broker.shared.clone();
         shared.stats.received(publish.payload.len());
+        unshare_from_read_buffer(&mut publish);
         // v5 topic aliases [MQTT-3.3.2-7..12].
         if let Some(alias) = publish.topic_alias {
             if alias.get() > shared.config.topic_alias_maximum {
@@ -1562,6 +1609,12 @@ impl Connection {
             inbound_done: u32::from(qos == Qos::AtLeastOnce),
         };
         if !(ops.is_empty() && after.replies.is_empty() && after.deliveries.is_empty()) {
+            // The store refuses a whole request over its quota if it puts anything: a
+            // publish that puts nothing (no subscriber, a retained clear) must not share
+            // a verdict with one that does.
+            if batch.after.is_some() && puts(&batch.ops) != puts(&ops) {
+                self.settle(std::mem::take(batch));
+            }
             batch.commit(ops, after);
         }
         batch.now.extend(now);
@@ -1618,6 +1671,7 @@ impl Connection {
             }
             Err(e) => {
                 tracing::warn!(client = %self.client_id, "store commit failed: {e}");
+                self.release_refused_qos2(&after.replies);
                 match after.on_error {
                     Some(packets) => {
                         for packet in packets {
@@ -1627,6 +1681,31 @@ impl Connection {
                     }
                     // No way to say it in v3: close, the client resends after reconnecting.
                     None => Err(End::Abnormal(format!("store commit failed: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// The QoS 2 publishes whose PUBREC a failed commit replaces (v5 0x97, or the
+    /// connection closes on v3) are over: the client sends no PUBREL for them, so their
+    /// packet ids and receive-maximum slots are freed, and a resend after a reconnect
+    /// is a new publish, not a duplicate to drop.
+    fn release_refused_qos2(&mut self, replies: &[Packet]) {
+        let ids: Vec<u16> = replies
+            .iter()
+            .filter_map(|reply| match reply {
+                Packet::PubRec(id, _) => Some(id.get()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut state = self.broker.state();
+        if let Some(session) = state.sessions.get_mut(&self.client_id) {
+            for id in ids {
+                if session.release_qos2(id) {
+                    self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
                 }
             }
         }
@@ -1660,9 +1739,9 @@ impl Connection {
         );
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client: the delivery is over.
-    /// A delivery is over: out of flight now; its queue entry's delete and the next
-    /// deliveries wait in `batch` for the end of what was read ([`Connection::settle`]).
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client: the delivery is over and out of
+    /// flight now; its queue entry's delete and the next deliveries wait in `batch` for
+    /// the end of what was read ([`Connection::settle`]).
     fn on_ack(&mut self, id: NonZeroU16, qos: Qos, batch: &mut Batch) {
         let durable = self.broker.shared.durable();
         {
@@ -1768,6 +1847,8 @@ impl Connection {
         {
             let mut state = self.broker.state();
             for (raw, options) in filters {
+                // Kept for the session's life: not a slice of the read buffer.
+                let raw = ByteString::from(&*raw);
                 let filter = match topic::parse_filter(&raw) {
                     Ok(filter) => filter,
                     Err(why) => {
@@ -2003,6 +2084,11 @@ impl Connection {
 
     /// The connection ended: will, shared-subscription hand-over, session expiry.
     async fn finish(mut self, end: End) {
+        // A quiet commit queued just before the end (packets that came with CONNECT,
+        // say) has nobody left to ring for it.
+        if self.store_ring.take().is_some() {
+            self.broker.shared.store.ring();
+        }
         // Answer what is already durable before going.
         while let Some((result, after)) =
             std::future::poll_fn(|cx| self.pending.poll_next(cx)).await
