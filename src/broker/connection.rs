@@ -862,12 +862,7 @@ impl Connection {
         let accepted = match self.accept(connect, login).await {
             // Packets that arrived with the CONNECT.
             Ok(()) => match &mut input {
-                Input::Tcp { rbuf, .. } => {
-                    let mut batch = Batch::default();
-                    let decoded = self.decode_all(rbuf, &mut batch);
-                    self.settle(batch);
-                    decoded
-                }
+                Input::Tcp { rbuf, .. } => self.decode_all(rbuf),
                 Input::Local(_) => Ok(()),
             },
             Err(end) => Err(end),
@@ -1267,9 +1262,7 @@ impl Connection {
                     (Ok(Arrived::Bytes), Input::Tcp { rbuf, .. }) => {
                         // The read took all the room there was: more is probably waiting.
                         let filled = rbuf.len() == rbuf.capacity();
-                        let mut batch = Batch::default();
-                        let handled = self.decode_all(rbuf, &mut batch);
-                        self.settle(batch);
+                        let handled = self.decode_all(rbuf);
                         if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
                             *rbuf = BytesMut::new();
                         } else if filled {
@@ -1340,19 +1333,26 @@ impl Connection {
         }
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut, batch: &mut Batch) -> Result<(), End> {
-        loop {
+    /// Handles every whole packet in `rbuf` as one batch, settled before returning (on
+    /// a protocol error too: what came before it stands).
+    fn decode_all(&mut self, rbuf: &mut BytesMut) -> Result<(), End> {
+        let mut batch = Batch::default();
+        let decoded = loop {
             match self.codec.decode(rbuf) {
                 Ok(Some(packet)) => {
-                    self.handle(packet, batch)?;
+                    if let Err(end) = self.handle(packet, &mut batch) {
+                        break Err(end);
+                    }
                     if batch.packets >= BATCH_PACKETS {
-                        self.settle(std::mem::take(batch));
+                        self.settle(std::mem::take(&mut batch));
                     }
                 }
-                Ok(None) => return Ok(()),
-                Err(violation) => return Err(self.violation(violation)),
+                Ok(None) => break Ok(()),
+                Err(violation) => break Err(self.violation(violation)),
             }
-        }
+        };
+        self.settle(batch);
+        decoded
     }
 
     /// Closes for a protocol violation, with its reason code on v5 [MQTT-4.13.1-1].
