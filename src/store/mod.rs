@@ -391,6 +391,26 @@ impl Store {
         }
     }
 
+    /// Withdraws the Put that created `key` in `table` while the writer has not taken
+    /// it yet: for a key that did not exist before that Put and was put only once (a QoS 1
+    /// message queued for a persistent session, once its subscriber has acknowledged it).
+    /// `true`: neither that Put nor the caller's Delete will be written, and a durable
+    /// request left with nothing to write is answered now, without waking the writer.
+    /// `false`: the writer has the Put; delete the key as usual.
+    pub fn withdraw_created(&self, table: Table, key: &[u8]) -> bool {
+        match self.inner.queue.withdraw_put(table, key) {
+            queue::Withdrawn::Put(done) => {
+                // The Put, and the Delete that need not be written.
+                self.inner.counters.consumed.fetch_add(2, Ordering::Relaxed);
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+                true
+            }
+            queue::Withdrawn::NotQueued => false,
+        }
+    }
+
     /// Every `(key, value)` in `table` whose key starts with `prefix`, in key order (a read
     /// transaction; never blocks the writer). A table never written reads as empty.
     pub fn scan(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {

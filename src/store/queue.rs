@@ -17,7 +17,23 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::writer::Request;
+use super::writer::{Completion, Request};
+use super::{Op, Table};
+
+/// How many of the newest queued requests [`RequestQueue::withdraw_put`] looks through:
+/// the Put it looks for was queued moments before, and the writer takes the whole queue
+/// whenever it comes back to it, so a longer search would rarely find more.
+const WITHDRAW_SCAN: usize = 32;
+
+/// What [`RequestQueue::withdraw_put`] did.
+#[derive(Debug)]
+pub(super) enum Withdrawn {
+    /// No queued request puts the key (the writer has it, or it was never put).
+    NotQueued,
+    /// The Put is gone. `Some` when its request was durable and has nothing left to
+    /// write: its waiter is to be answered now, outside the queue's lock.
+    Put(Option<Completion>),
+}
 
 /// Requests from every [`Store`](super::Store) handle to the one writer thread.
 pub(super) struct RequestQueue {
@@ -101,6 +117,47 @@ impl RequestQueue {
             state.wakes += 1;
             self.ready.notify_one();
         }
+    }
+
+    /// Takes the Put of `key` in `table` out of the request that queued it, if the writer
+    /// has not taken that request yet; a request left with nothing to write leaves the
+    /// queue. For a key the caller knows did not exist before that Put and was put only
+    /// once: Put then Delete of such a key writes nothing, so the caller's Delete is not
+    /// queued either. Anything else on the key in the newer requests (a Delete, a prefix
+    /// delete of the table) leaves everything as it is.
+    pub(super) fn withdraw_put(&self, table: Table, key: &[u8]) -> Withdrawn {
+        let on_key = |op: &Op| match op {
+            Op::Put {
+                table: t, key: k, ..
+            }
+            | Op::Delete { table: t, key: k } => *t == table && k.as_slice() == key,
+            Op::DeletePrefix { table: t, .. } => *t == table,
+        };
+        let mut state = self.lock();
+        let oldest = state.requests.len().saturating_sub(WITHDRAW_SCAN);
+        for index in (oldest..state.requests.len()).rev() {
+            let Request::Commit { ops, .. } = &mut state.requests[index] else {
+                return Withdrawn::NotQueued;
+            };
+            let Some(at) = ops.iter().rposition(on_key) else {
+                continue;
+            };
+            if !matches!(ops[at], Op::Put { .. }) {
+                return Withdrawn::NotQueued;
+            }
+            ops.remove(at);
+            if !ops.is_empty() {
+                return Withdrawn::Put(None);
+            }
+            let Some(Request::Commit { done, .. }) = state.requests.remove(index) else {
+                unreachable!("a commit at this index");
+            };
+            if state.requests.is_empty() {
+                state.unrung = false;
+            }
+            return Withdrawn::Put(done);
+        }
+        Withdrawn::NotQueued
     }
 
     /// The last handle is gone: the writer drains what is queued and stops.
@@ -209,6 +266,7 @@ fn take_all(taken: &mut VecDeque<Request>, state: &mut QueueState) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::StoreError;
     use super::*;
 
     fn lazy(n: u8) -> Request {
@@ -314,5 +372,116 @@ mod tests {
         assert!(wait.try_recv().is_err());
         assert!(queue.push(lazy(6)).is_err());
         assert!(queue.push_quiet(lazy(6)).is_err());
+    }
+
+    fn put(n: u8) -> Op {
+        Op::Put {
+            table: Table("t"),
+            key: vec![n],
+            value: b"message".to_vec(),
+        }
+    }
+
+    fn commit(
+        ops: Vec<Op>,
+    ) -> (
+        Request,
+        tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+    ) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let request = Request::Commit {
+            ops,
+            done: Some(done),
+            queued_at: Instant::now(),
+        };
+        (request, wait)
+    }
+
+    fn ops(request: Request) -> Vec<Op> {
+        match request {
+            Request::Commit { ops, .. } => ops,
+            Request::Close(_) => unreachable!("tests queue commits"),
+        }
+    }
+
+    #[test]
+    fn a_withdrawn_put_takes_its_emptied_request_out_of_the_queue_and_answers_it() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        let (request, mut wait) = commit(vec![put(1)]);
+        queue.push_quiet(request).ok().unwrap();
+        queue.push_quiet(lazy(9)).ok().unwrap();
+        let Withdrawn::Put(Some(done)) = queue.withdraw_put(Table("t"), &[1]) else {
+            panic!("the Put was queued, in a durable request with nothing else");
+        };
+        // Answered by the caller, not by the queue: nothing is answered under its lock.
+        assert!(wait.try_recv().is_err());
+        done.send(Ok(())).unwrap();
+        assert_eq!(wait.try_recv().unwrap(), Ok(()));
+        // Only the request behind it is left.
+        let left: Vec<u8> = std::iter::from_fn(|| receiver.try_pop()).map(key).collect();
+        assert_eq!(left, [9]);
+    }
+
+    #[test]
+    fn a_withdrawn_put_leaves_the_rest_of_its_request_queued() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        let (request, mut wait) = commit(vec![put(1), put(2)]);
+        queue.push(request).ok().unwrap();
+        assert!(matches!(
+            queue.withdraw_put(Table("t"), &[2]),
+            Withdrawn::Put(None)
+        ));
+        assert!(
+            wait.try_recv().is_err(),
+            "the Put of 1 is still to be written"
+        );
+        assert_eq!(ops(receiver.try_pop().unwrap()), [put(1)]);
+    }
+
+    #[test]
+    fn a_put_is_not_withdrawn_once_taken_or_after_a_newer_operation_on_its_key() {
+        let queue = Arc::new(RequestQueue::new());
+        let mut receiver = Receiver::new(queue.clone());
+        let other_table = Table("other");
+        // Taken by the writer: too late.
+        queue.push(commit(vec![put(1)]).0).ok().unwrap();
+        assert!(receiver.try_pop().is_some());
+        assert!(matches!(
+            queue.withdraw_put(Table("t"), &[1]),
+            Withdrawn::NotQueued
+        ));
+        // A Delete of the key queued after the Put.
+        queue.push(commit(vec![put(2)]).0).ok().unwrap();
+        queue.push(lazy(2)).ok().unwrap();
+        assert!(matches!(
+            queue.withdraw_put(Table("t"), &[2]),
+            Withdrawn::NotQueued
+        ));
+        // A prefix delete of the table queued after the Put.
+        queue.push(commit(vec![put(3)]).0).ok().unwrap();
+        queue
+            .push(
+                commit(vec![Op::DeletePrefix {
+                    table: Table("t"),
+                    prefix: Vec::new(),
+                }])
+                .0,
+            )
+            .ok()
+            .unwrap();
+        assert!(matches!(
+            queue.withdraw_put(Table("t"), &[3]),
+            Withdrawn::NotQueued
+        ));
+        // The same key in another table is another key.
+        assert!(matches!(
+            queue.withdraw_put(other_table, &[3]),
+            Withdrawn::NotQueued
+        ));
+        // Nothing was taken out by the refusals.
+        let left: Vec<Vec<Op>> = std::iter::from_fn(|| receiver.try_pop()).map(ops).collect();
+        assert_eq!(left.len(), 4);
     }
 }

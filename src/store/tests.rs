@@ -706,6 +706,36 @@ async fn a_quiet_commit_keeps_its_place_and_completes_once_rung() {
     store.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn an_acknowledgement_that_finds_its_put_still_queued_answers_the_commit_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (store, hold, events) = Store::open_held(on_file(&path), INTERVAL).unwrap();
+    // The broker's QoS 1 path: the message's Put queued quietly, and the subscriber's
+    // acknowledgement arriving before the writer took it. The writer is held the whole
+    // time, so only the withdrawal can answer the commit.
+    let (queued, _) = store.commit_quiet(vec![put("m1", "message")]);
+    let (kept, _) = store.commit_quiet(vec![put("m2", "kept"), put("m3", "message")]);
+    assert!(store.withdraw_created(T, b"m1"));
+    assert!(store.withdraw_created(T, b"m3"));
+    tokio::time::timeout(EVENT_TIMEOUT, queued)
+        .await
+        .expect("answered without the writer")
+        .unwrap();
+    // Already withdrawn, and never queued: the caller deletes as usual.
+    assert!(!store.withdraw_created(T, b"m1"));
+    assert!(!store.withdraw_created(T, b"m9"));
+    drop(hold);
+    kept.await.unwrap();
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+    assert_eq!(store.get(T, b"m3").unwrap(), None);
+    assert_eq!(store.get(T, b"m2").unwrap(), Some(b"kept".to_vec()));
+    let stats = store.stats();
+    assert_eq!((stats.ops, stats.consumed), (1, 4), "{stats:?}");
+    assert_eq!(events.try_iter().collect::<Vec<_>>(), vec![event(1, true)]);
+    store.close().await.unwrap();
+}
+
 /// What a SIGKILL would leave of the store at `path`: its database and its commit log as
 /// the files hold them now (the page cache survives a killed process).
 fn copy_as_after_a_crash(path: &Path, to: &Path) {
