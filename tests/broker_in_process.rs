@@ -1,6 +1,8 @@
 //! The built-in broker inside the test's own process, over loopback TCP, with a durable
 //! store on disk: QoS 0/1/2 between a v3.1.1 and a v5 client, and a retained message
-//! that survives a restart of the broker on the same store.
+//! that survives a restart of the broker on the same store; and a QoS 1 message
+//! acknowledged by its persistent subscriber before the store's writer took it, which
+//! is never written (the test reads the store's counters, which needs the same process).
 //!
 //! The other broker tests run the `headwater` binary as a child; this one exists so the
 //! ARM builds can run a broker round trip under qemu-user (deploy/qemu-tests.sh), which
@@ -10,9 +12,10 @@ mod common;
 mod raw_client;
 
 use std::path::Path;
+use std::time::Duration;
 
 use headwater::broker::{Broker, BrokerConfig, ListenerConfig};
-use headwater::store::Store;
+use headwater::store::{Store, StoreOptions};
 use raw_client::{Conn, Connect, Props};
 
 /// A started broker on 127.0.0.1 and a free port, on the durable store in `data`.
@@ -91,5 +94,67 @@ fn qos_0_1_2_round_trip_and_a_retained_message_survives_a_restart() {
     assert_eq!(retained.len(), 1);
     assert!(retained[0].retain, "{:?}", retained[0]);
     drop(late);
+    runtime.block_on(stop(broker, store));
+}
+
+/// A QoS 1 message that its persistent subscriber acknowledges before the store's writer
+/// took the message's Put: the Put is taken back out of the store's queue, the
+/// acknowledgement's Delete is never queued, and the publisher's PUBACK comes without
+/// the writer. The store's linger is an hour, so nothing but the acknowledgement can
+/// answer the publisher's commit in time (a batch of one operation is full at once, so
+/// the CONNACK and SUBACK of the persistent session do not wait for it).
+#[test]
+fn a_qos_1_message_acknowledged_before_the_writer_took_it_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Store::open(StoreOptions {
+        path: Some(dir.path().join("store.redb")),
+        linger: Duration::from_secs(3600),
+        max_batch_ops: 1,
+        ..StoreOptions::default()
+    })
+    .expect("open the store");
+    let config = BrokerConfig {
+        listeners: vec![ListenerConfig::tcp("127.0.0.1", 0)],
+        ..BrokerConfig::default()
+    };
+    let (broker, port) = runtime.block_on(async {
+        let broker = Broker::open_on(config, store.clone()).expect("open the broker");
+        let listeners = broker.bind().await.expect("bind a loopback listener");
+        let port = listeners[0].local_addr().unwrap().port();
+        broker.start(listeners);
+        (broker, port)
+    });
+    let mut subscriber = Conn::open(port, "sub", Connect::v3("sub").clean(false));
+    subscriber.subscribe(&[("meter/#", 1)], Props::new());
+    let mut publisher = Conn::open(port, "pub", Connect::v3("pub"));
+    let before = store.stats();
+    const MESSAGES: u64 = 20;
+    for n in 0..MESSAGES {
+        let payload = format!("reading {n}");
+        let bytes = publisher.publish_bytes("meter/1", &payload, 1, false, &Props::new());
+        publisher.send(&bytes);
+        // Read and acknowledged before the publisher's PUBACK can exist.
+        let seen = subscriber.until(&payload);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        match publisher.read() {
+            Some(raw_client::Packet::Ack { kind, code, .. }) => {
+                assert_eq!((kind, code), (raw_client::PUBACK, 0), "message {n}");
+            }
+            other => panic!("message {n}: expected its PUBACK, got {other:?}"),
+        }
+    }
+    let after = store.stats();
+    // One request per message (the publish's); the Put and the Delete of each were
+    // never written, and the writer committed nothing.
+    assert_eq!(after.requests - before.requests, MESSAGES, "{after:?}");
+    assert_eq!(after.consumed - before.consumed, 2 * MESSAGES, "{after:?}");
+    assert_eq!(after.transactions, before.transactions, "{after:?}");
+    drop(subscriber);
+    drop(publisher);
     runtime.block_on(stop(broker, store));
 }

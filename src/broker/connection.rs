@@ -487,7 +487,9 @@ impl Running {
     /// commit of this connection is answered, so the common case costs no timer wake-up.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let polled = self.poll_events(cx);
-        if self.conn.store_ring.is_some() {
+        // The store's timer waits for the turn after the one that stepped aside.
+        let yielded = std::mem::take(&mut self.conn.stepped_aside);
+        if self.conn.store_ring.is_some() && !yielded {
             let ring = match &polled {
                 Poll::Ready(_) => true,
                 Poll::Pending if self.conn.pending.is_empty() => {
@@ -542,6 +544,15 @@ impl Running {
             if let Err(end) = self.conn.on_event(event, &mut self.input) {
                 // Write what the ending queued (a DISCONNECT) before going.
                 self.closing = Some(Box::new(end));
+            } else if std::mem::take(&mut self.conn.handed_over) && self.conn.has_own_work() {
+                // The connections just rung wait in this worker's queue until this task
+                // returns; what it would do first (write its PUBACK, arm the store's
+                // timer) would be latency on their deliveries. Come back once the worker
+                // has run out of other work, without waking another worker for it.
+                self.conn.stepped_aside = true;
+                let mut step_aside = std::pin::pin!(tokio::task::yield_now());
+                let _ = step_aside.as_mut().poll(cx);
+                return Poll::Pending;
             }
         }
     }
@@ -692,6 +703,9 @@ const BATCH_PACKETS: usize = 256;
 struct Batch {
     /// Lazy deletes of the acknowledged deliveries' queue entries, in order.
     deletes: Vec<Op>,
+    /// Queue keys of acknowledged QoS 1 deliveries to a persistent session: each was
+    /// created by one Put, which the store may still withdraw instead of deleting.
+    consumed: Vec<Vec<u8>>,
     /// A delivery left flight: the window has room for queued messages.
     pump: bool,
     /// The publishes' durable operations, committed as one request.
@@ -760,6 +774,12 @@ pub(crate) struct Connection<O = Output> {
     /// it fires, the writer is rung (see `Running::poll_run`). Boxed and made on use: a
     /// timer is large, and only publishing connections ever arm one.
     store_ring: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Deliveries were just handed to other connections: this one steps aside before
+    /// writing its own replies, so theirs go out first (see `Running::poll_events`).
+    handed_over: bool,
+    /// This turn stepped aside for the deliveries it handed over: the store's timer
+    /// waits for the next one (`Running::poll_run`).
+    stepped_aside: bool,
 }
 
 impl<O> Connection<O> {
@@ -787,6 +807,8 @@ impl<O> Connection<O> {
             quiet_sweeps,
             park,
             store_ring,
+            handed_over,
+            stepped_aside,
         } = self;
         let conn = Connection {
             output,
@@ -810,6 +832,8 @@ impl<O> Connection<O> {
             quiet_sweeps,
             park,
             store_ring,
+            handed_over,
+            stepped_aside,
         };
         (conn, old)
     }
@@ -853,6 +877,8 @@ impl Connection {
             quiet_sweeps: 0,
             park: false,
             store_ring: None,
+            handed_over: false,
+            stepped_aside: false,
         }
     }
 
@@ -1663,9 +1689,8 @@ impl Connection {
                 for reply in after.replies {
                     self.send(reply);
                 }
-                let wake = self.broker.state().apply(after.deliveries);
-                for signal in wake {
-                    signal.wake();
+                if !after.deliveries.is_empty() {
+                    self.hand_over(after.deliveries);
                 }
                 Ok(())
             }
@@ -1758,10 +1783,16 @@ impl Connection {
             let queued = session.inflight.remove(&id.get()).expect("checked");
             if durable && session.persistent() {
                 // Losing this delete in a crash only means one more redelivery.
-                batch.deletes.push(Op::Delete {
-                    table: session::QUEUE,
-                    key: queue_key(&self.client_id, queued.seq),
-                });
+                let key = queue_key(&self.client_id, queued.seq);
+                if qos == Qos::AtLeastOnce {
+                    batch.consumed.push(key);
+                } else {
+                    // A QoS 2 entry is put again with its packet id (`pump`): not one Put.
+                    batch.deletes.push(Op::Delete {
+                        table: session::QUEUE,
+                        key,
+                    });
+                }
             }
         }
         batch.pump = true;
@@ -1770,9 +1801,20 @@ impl Connection {
     /// Does what the packets of one read left in `batch`: the acknowledged deliveries'
     /// deletes (lazy), the publishes' commit (one request, answered in order with
     /// everything queued before), then their deliveries, then refills the window.
-    fn settle(&mut self, batch: Batch) {
+    fn settle(&mut self, mut batch: Batch) {
+        let store = &self.broker.shared.store;
+        for key in batch.consumed {
+            // A message acknowledged before the store's writer took its Put: the
+            // publisher's commit may now be answered without writing anything.
+            if !store.withdraw_created(session::QUEUE, &key) {
+                batch.deletes.push(Op::Delete {
+                    table: session::QUEUE,
+                    key,
+                });
+            }
+        }
         if !batch.deletes.is_empty() {
-            self.broker.shared.store.commit_lazy(batch.deletes);
+            store.commit_lazy(batch.deletes);
         }
         if let Some(after) = batch.after {
             // Queues the commit first: see `after_commit`. Quietly when messages go out
@@ -1780,12 +1822,29 @@ impl Connection {
             self.queue_after_commit(batch.ops, after, !batch.now.is_empty());
         }
         if !batch.now.is_empty() {
-            for signal in self.broker.state().apply(batch.now) {
-                signal.wake();
-            }
+            self.hand_over(batch.now);
         }
         if batch.pump {
             self.pump();
+        }
+    }
+
+    /// Whether anything of this connection's own is waiting: bytes or packets to write,
+    /// or commits to answer.
+    fn has_own_work(&self) -> bool {
+        let unwritten = match &self.output {
+            Output::Tcp { out, .. } => !out.is_empty(),
+            Output::Local(local) => !local.out.is_empty(),
+        };
+        unwritten || !self.pending.is_empty()
+    }
+
+    /// Queues `deliveries` in their sessions and rings the connections they are for.
+    fn hand_over(&mut self, deliveries: Vec<(ByteString, Queued)>) {
+        let wake = self.broker.state().apply(deliveries);
+        for signal in wake {
+            self.handed_over |= !Arc::ptr_eq(&signal, &self.signal);
+            signal.wake();
         }
     }
 
