@@ -21,15 +21,31 @@ use raw_client::{Conn, Connect, Props};
 /// A started broker on 127.0.0.1 and a free port, on the durable store in `data`.
 async fn start(data: &Path) -> (Broker, Store, u16) {
     let store = headwater::broker::open_store(data).expect("open the store");
+    let (broker, port) = start_on(store.clone()).await;
+    (broker, store, port)
+}
+
+/// A started broker on 127.0.0.1 and a free port, on `store`.
+async fn start_on(store: Store) -> (Broker, u16) {
     let config = BrokerConfig {
         listeners: vec![ListenerConfig::tcp("127.0.0.1", 0)],
         ..BrokerConfig::default()
     };
-    let broker = Broker::open_on(config, store.clone()).expect("open the broker");
+    let broker = Broker::open_on(config, store).expect("open the broker");
     let listeners = broker.bind().await.expect("bind a loopback listener");
     let port = listeners[0].local_addr().unwrap().port();
     broker.start(listeners);
-    (broker, store, port)
+    (broker, port)
+}
+
+/// The broker's runtime: two workers, as on the 2-core machines the tests run on. The
+/// clients are blocking sockets on the test's own thread.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn stop(broker: Broker, store: Store) {
@@ -40,11 +56,7 @@ async fn stop(broker: Broker, store: Store) {
 #[test]
 fn qos_0_1_2_round_trip_and_a_retained_message_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
 
     let (broker, store, port) = runtime.block_on(start(dir.path()));
     // The clients are blocking sockets on this thread; the broker runs on the runtime's
@@ -106,11 +118,7 @@ fn qos_0_1_2_round_trip_and_a_retained_message_survives_a_restart() {
 #[test]
 fn a_qos_1_message_acknowledged_before_the_writer_took_it_is_never_written() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let store = Store::open(StoreOptions {
         path: Some(dir.path().join("store.redb")),
         linger: Duration::from_secs(3600),
@@ -118,20 +126,15 @@ fn a_qos_1_message_acknowledged_before_the_writer_took_it_is_never_written() {
         ..StoreOptions::default()
     })
     .expect("open the store");
-    let config = BrokerConfig {
-        listeners: vec![ListenerConfig::tcp("127.0.0.1", 0)],
-        ..BrokerConfig::default()
-    };
-    let (broker, port) = runtime.block_on(async {
-        let broker = Broker::open_on(config, store.clone()).expect("open the broker");
-        let listeners = broker.bind().await.expect("bind a loopback listener");
-        let port = listeners[0].local_addr().unwrap().port();
-        broker.start(listeners);
-        (broker, port)
-    });
+    let (broker, port) = runtime.block_on(start_on(store.clone()));
     let mut subscriber = Conn::open(port, "sub", Connect::v3("sub").clean(false));
     subscriber.subscribe(&[("meter/#", 1)], Props::new());
     let mut publisher = Conn::open(port, "pub", Connect::v3("pub"));
+    // Whatever the connects queued is written before the first publish: a writer still
+    // busy with it would take the first Put on its way back to the queue.
+    runtime
+        .block_on(store.commit(Vec::new()))
+        .expect("the barrier commits");
     let before = store.stats();
     const MESSAGES: u64 = 20;
     for n in 0..MESSAGES {
@@ -149,11 +152,27 @@ fn a_qos_1_message_acknowledged_before_the_writer_took_it_is_never_written() {
         }
     }
     let after = store.stats();
-    // One request per message (the publish's); the Put and the Delete of each were
-    // never written, and the writer committed nothing.
-    assert_eq!(after.requests - before.requests, MESSAGES, "{after:?}");
-    assert_eq!(after.consumed - before.consumed, 2 * MESSAGES, "{after:?}");
-    assert_eq!(after.transactions, before.transactions, "{after:?}");
+    // One request per message (the publish's): the acknowledgement withdrew the Put and
+    // queued no Delete. The one way a Put leaves the queue first is the writer coming
+    // back to it on its own: preempted between answering the barrier and going to sleep,
+    // say. That acknowledgement then queues its Delete, and the Put (a full batch of
+    // one) may already be written. It may happen to a message or two on a loaded
+    // machine; without the withdrawal it happens to every one.
+    let deletes_queued = after.requests - before.requests - MESSAGES;
+    assert!(
+        deletes_queued <= 2,
+        "{deletes_queued} deletes queued: {after:?}"
+    );
+    // Nothing of the others was written: their Put and their Delete count as consumed.
+    let withdrawn = MESSAGES - deletes_queued;
+    assert!(
+        after.consumed - before.consumed >= 2 * withdrawn,
+        "{withdrawn} withdrawn: {after:?}"
+    );
+    assert!(
+        after.transactions - before.transactions <= 2 * deletes_queued,
+        "{after:?}"
+    );
     drop(subscriber);
     drop(publisher);
     runtime.block_on(stop(broker, store));
