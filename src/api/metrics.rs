@@ -362,7 +362,7 @@ pub fn render(state: &super::ApiContext) -> String {
         x.one(
             "headwater_store_consumed_operations_total",
             "counter",
-            "Store operations never written: their batch created and deleted the same key.",
+            "Store operations never written: a key created and deleted again before it was written.",
             stats.consumed as f64,
         );
         x.one(

@@ -481,21 +481,30 @@ impl Running {
     ///
     /// A publish handed to subscribers now queues its commit without waking the store's
     /// writer (`on_publish`), so the writer thread does not take a core in the middle of
-    /// the delivery. What wakes it instead: usually the subscriber's acknowledgement (its
-    /// delete is an ordinary commit, and the writer finds the message consumed); failing
-    /// that, the store's linger later, the timer armed here. It is disarmed once every
-    /// commit of this connection is answered, so the common case costs no timer wake-up.
+    /// the delivery. What answers it instead: usually the subscriber's acknowledgement,
+    /// which withdraws the message's Put from the queue (`settle`), or wakes the writer
+    /// when the writer already has it; failing that, the store's linger later, the
+    /// timer armed here. It is disarmed once every commit of this connection is
+    /// answered.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let polled = self.poll_events(cx);
-        // The store's timer waits for the turn after the one that stepped aside.
-        let yielded = std::mem::take(&mut self.conn.stepped_aside);
-        if self.conn.store_ring.is_some() && !yielded {
+        let stepped_aside = std::mem::take(&mut self.conn.stepped_aside);
+        if self.conn.store_ring.is_some() {
             let ring = match &polled {
                 Poll::Ready(_) => true,
                 Poll::Pending if self.conn.pending.is_empty() => {
                     self.conn.store_ring = None;
                     false
                 }
+                // A turn that stepped aside is polled again soon whatever happens, and a
+                // client publishing without pause may step aside on every turn: look at
+                // the clock only, and register the timer (which wakes tokio's I/O
+                // driver) on a turn after the deliveries are written.
+                Poll::Pending if stepped_aside => self
+                    .conn
+                    .store_ring
+                    .as_ref()
+                    .is_some_and(|timer| timer.deadline() <= tokio::time::Instant::now()),
                 Poll::Pending => self
                     .conn
                     .store_ring
@@ -545,10 +554,11 @@ impl Running {
                 // Write what the ending queued (a DISCONNECT) before going.
                 self.closing = Some(Box::new(end));
             } else if std::mem::take(&mut self.conn.handed_over) && self.conn.has_own_work() {
-                // The connections just rung wait in this worker's queue until this task
-                // returns; what it would do first (write its PUBACK, arm the store's
-                // timer) would be latency on their deliveries. Come back once the worker
-                // has run out of other work, without waking another worker for it.
+                // The connections just rung wait in this worker's LIFO slot until this
+                // task returns; what it would do first (write its PUBACK, arm the store's
+                // timer) would be latency on their deliveries. tokio's deferred yield
+                // brings it back on this worker once the worker has run out of other work
+                // (or at its periodic maintenance). Measured in docs/benchmarks.md.
                 self.conn.stepped_aside = true;
                 let mut step_aside = std::pin::pin!(tokio::task::yield_now());
                 let _ = step_aside.as_mut().poll(cx);

@@ -8,6 +8,8 @@
 //!   themselves.
 //! - [`Store::commit`] returns only after its operations are fsynced (or failed), and the
 //!   operations of one call are applied atomically, in the order calls were submitted.
+//!   [`Store::withdraw_created`] may take a Put out of a request still queued; a request
+//!   left empty is answered at once, as it has nothing to make durable.
 //!   With a file, the fsync is the commit log's (`log.rs`); redb's own file is fsynced
 //!   at checkpoints, and the log is replayed into it when the store opens, before any
 //!   reader.
@@ -146,8 +148,9 @@ pub struct StoreStats {
     pub ops: u64,
     /// Transactions committed with an fsync (`Durability::Immediate`).
     pub fsyncs: u64,
-    /// Operations never written because their batch created and deleted the same key
-    /// (a message acknowledged before its commit ran).
+    /// Operations never written because a key was created and deleted again before it
+    /// was: in one batch, or by a Delete that withdrew its Put from the queue (a message
+    /// acknowledged before its commit ran).
     pub consumed: u64,
 }
 
@@ -325,10 +328,11 @@ impl Store {
     /// writer's linger. When `false`, the writer is busy and takes the request when it
     /// comes back to the queue.
     ///
-    /// For the broker's QoS 1 delivery path: the subscriber's acknowledgement, a lazy
-    /// delete of the same key, usually wakes the writer, which then finds the message
-    /// consumed and writes nothing; the writer never takes a core in the middle of the
-    /// delivery.
+    /// For the broker's QoS 1 delivery path: the subscriber's acknowledgement usually
+    /// withdraws the message's Put ([`Store::withdraw_created`]) before the writer is
+    /// ever woken; when the writer has it already, the acknowledgement's lazy Delete
+    /// wakes it and it finds the message consumed. Either way the writer never takes a
+    /// core in the middle of the delivery.
     pub fn commit_quiet(
         &self,
         ops: Vec<Op>,
@@ -391,23 +395,45 @@ impl Store {
         }
     }
 
+    /// Whether the writer thread is asleep, with nothing queued that it was woken for: no
+    /// batch is in progress. For tests that must know a request will find the writer
+    /// waiting (a quiet commit then stays queued until it is rung).
+    #[doc(hidden)]
+    pub fn writer_idle(&self) -> bool {
+        self.inner.queue.writer_idle()
+    }
+
     /// Withdraws the Put that created `key` in `table` while the writer has not taken
     /// it yet: for a key that did not exist before that Put and was put only once (a QoS 1
     /// message queued for a persistent session, once its subscriber has acknowledged it).
     /// `true`: neither that Put nor the caller's Delete will be written, and a durable
     /// request left with nothing to write is answered now, without waking the writer.
     /// `false`: the writer has the Put; delete the key as usual.
+    ///
+    /// Two exceptions to the rules of [`Store::commit`] follow, both harmless for such a
+    /// key: the emptied request is answered ahead of requests queued before it (it is
+    /// not a barrier: it never had an empty `ops`), and a store over its quota answers it
+    /// Ok, since it no longer puts anything.
     pub fn withdraw_created(&self, table: Table, key: &[u8]) -> bool {
-        match self.inner.queue.withdraw_put(table, key) {
-            queue::Withdrawn::Put(done) => {
-                // The Put, and the Delete that need not be written.
-                self.inner.counters.consumed.fetch_add(2, Ordering::Relaxed);
+        let withdrawn = self.inner.queue.withdraw_put(table, key);
+        if !matches!(withdrawn, queue::Withdrawn::NotQueued) {
+            // The Put, and the Delete that need not be written.
+            self.inner.counters.consumed.fetch_add(2, Ordering::Relaxed);
+        }
+        match withdrawn {
+            queue::Withdrawn::NotQueued => false,
+            queue::Withdrawn::Request(done) => {
                 if let Some(done) = done {
                     let _ = done.send(Ok(()));
                 }
                 true
             }
-            queue::Withdrawn::NotQueued => false,
+            queue::Withdrawn::Op => {
+                // The rest of the request still needs the writer: wake it as the Delete
+                // would have, if it was queued quietly and nobody has rung since.
+                self.inner.queue.ring();
+                true
+            }
         }
     }
 

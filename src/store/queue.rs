@@ -7,8 +7,10 @@
 //! 2-core machine, often in place of the worker about to write to the subscriber). With
 //! [`RequestQueue::push_quiet`] the request takes its place in the queue at once, so
 //! nothing queued later can overtake it, and the writer is woken later: by the next
-//! ordinary push (the subscriber's acknowledgement), or by [`RequestQueue::ring`] once
-//! the producer's linger has passed. Measured in docs/benchmarks.md ("QoS 1 latency").
+//! ordinary push, or by [`RequestQueue::ring`] once the producer's linger has passed.
+//! Often it is never woken for it at all: the subscriber's acknowledgement takes the
+//! message's Put back out ([`RequestQueue::withdraw_put`]) and the request leaves the
+//! queue. Measured in docs/benchmarks.md ("QoS 1 latency", "Session 14").
 //!
 //! A quiet request is never stranded by the queue itself: the writer takes it with
 //! whatever it is woken for next. Ringing in time is the producer's duty.
@@ -20,19 +22,26 @@ use std::time::{Duration, Instant};
 use super::writer::{Completion, Request};
 use super::{Op, Table};
 
-/// How many of the newest queued requests [`RequestQueue::withdraw_put`] looks through:
-/// the Put it looks for was queued moments before, and the writer takes the whole queue
-/// whenever it comes back to it, so a longer search would rarely find more.
-const WITHDRAW_SCAN: usize = 32;
+/// How far [`RequestQueue::withdraw_put`] looks, from the newest request back: the Put it
+/// looks for was queued moments before, and the writer takes the whole queue whenever
+/// it comes back to it, so a longer search would rarely find more. The operations bound
+/// keeps a fan-out to many persistent sessions (one request of many Puts, acknowledged
+/// once per session) from scanning it whole under the lock for every acknowledgement.
+const WITHDRAW_SCAN_REQUESTS: usize = 32;
+const WITHDRAW_SCAN_OPS: usize = 256;
 
 /// What [`RequestQueue::withdraw_put`] did.
 #[derive(Debug)]
 pub(super) enum Withdrawn {
-    /// No queued request puts the key (the writer has it, or it was never put).
+    /// No queued request puts the key as its last operation on it, within the bounds
+    /// searched (the writer has taken it, or it was never put).
     NotQueued,
-    /// The Put is gone. `Some` when its request was durable and has nothing left to
-    /// write: its waiter is to be answered now, outside the queue's lock.
-    Put(Option<Completion>),
+    /// The Put is gone, and with it its request, which had nothing else to write. `Some`
+    /// when that request was durable: its waiter is to be answered now, by the caller,
+    /// outside the queue's lock.
+    Request(Option<Completion>),
+    /// The Put is gone; the rest of its request is still queued for the writer.
+    Op,
 }
 
 /// Requests from every [`Store`](super::Store) handle to the one writer thread.
@@ -134,11 +143,16 @@ impl RequestQueue {
             Op::DeletePrefix { table: t, .. } => *t == table,
         };
         let mut state = self.lock();
-        let oldest = state.requests.len().saturating_sub(WITHDRAW_SCAN);
+        let oldest = state.requests.len().saturating_sub(WITHDRAW_SCAN_REQUESTS);
+        let mut scanned = 0;
         for index in (oldest..state.requests.len()).rev() {
             let Request::Commit { ops, .. } = &mut state.requests[index] else {
                 return Withdrawn::NotQueued;
             };
+            scanned += ops.len();
+            if scanned > WITHDRAW_SCAN_OPS {
+                return Withdrawn::NotQueued;
+            }
             let Some(at) = ops.iter().rposition(on_key) else {
                 continue;
             };
@@ -147,7 +161,7 @@ impl RequestQueue {
             }
             ops.remove(at);
             if !ops.is_empty() {
-                return Withdrawn::Put(None);
+                return Withdrawn::Op;
             }
             let Some(Request::Commit { done, .. }) = state.requests.remove(index) else {
                 unreachable!("a commit at this index");
@@ -155,9 +169,16 @@ impl RequestQueue {
             if state.requests.is_empty() {
                 state.unrung = false;
             }
-            return Withdrawn::Put(done);
+            return Withdrawn::Request(done);
         }
         Withdrawn::NotQueued
+    }
+
+    /// Whether the writer is blocked waiting, with nothing queued that it was woken for
+    /// (quiet requests may wait for their ring).
+    pub(super) fn writer_idle(&self) -> bool {
+        let state = self.lock();
+        state.writer_waiting && (state.requests.is_empty() || state.unrung)
     }
 
     /// The last handle is gone: the writer drains what is queued and stops.
@@ -411,7 +432,7 @@ mod tests {
         let (request, mut wait) = commit(vec![put(1)]);
         queue.push_quiet(request).ok().unwrap();
         queue.push_quiet(lazy(9)).ok().unwrap();
-        let Withdrawn::Put(Some(done)) = queue.withdraw_put(Table("t"), &[1]) else {
+        let Withdrawn::Request(Some(done)) = queue.withdraw_put(Table("t"), &[1]) else {
             panic!("the Put was queued, in a durable request with nothing else");
         };
         // Answered by the caller, not by the queue: nothing is answered under its lock.
@@ -431,7 +452,7 @@ mod tests {
         queue.push(request).ok().unwrap();
         assert!(matches!(
             queue.withdraw_put(Table("t"), &[2]),
-            Withdrawn::Put(None)
+            Withdrawn::Op
         ));
         assert!(
             wait.try_recv().is_err(),
@@ -459,8 +480,13 @@ mod tests {
             queue.withdraw_put(Table("t"), &[2]),
             Withdrawn::NotQueued
         ));
-        // A prefix delete of the table queued after the Put.
+        // A prefix delete of the table queued after the Put (the same key in another
+        // table, first, is another key).
         queue.push(commit(vec![put(3)]).0).ok().unwrap();
+        assert!(matches!(
+            queue.withdraw_put(other_table, &[3]),
+            Withdrawn::NotQueued
+        ));
         queue
             .push(
                 commit(vec![Op::DeletePrefix {
@@ -475,13 +501,21 @@ mod tests {
             queue.withdraw_put(Table("t"), &[3]),
             Withdrawn::NotQueued
         ));
-        // The same key in another table is another key.
-        assert!(matches!(
-            queue.withdraw_put(other_table, &[3]),
-            Withdrawn::NotQueued
-        ));
         // Nothing was taken out by the refusals.
         let left: Vec<Vec<Op>> = std::iter::from_fn(|| receiver.try_pop()).map(ops).collect();
         assert_eq!(left.len(), 4);
+        // Behind more operations than the search looks through: left to the writer.
+        queue.push(commit(vec![put(4)]).0).ok().unwrap();
+        let many: Vec<Op> = (0..WITHDRAW_SCAN_OPS)
+            .map(|n| Op::Delete {
+                table: other_table,
+                key: n.to_be_bytes().to_vec(),
+            })
+            .collect();
+        queue.push(commit(many).0).ok().unwrap();
+        assert!(matches!(
+            queue.withdraw_put(Table("t"), &[4]),
+            Withdrawn::NotQueued
+        ));
     }
 }

@@ -736,6 +736,32 @@ async fn an_acknowledgement_that_finds_its_put_still_queued_answers_the_commit_i
     store.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn withdrawing_one_put_of_a_quiet_request_rings_the_writer_for_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    // No linger to end a batch early (one operation fills it), and an hour before
+    // anyone else would ring: only the withdrawal can get the rest written in time.
+    let store = Store::open(StoreOptions {
+        linger: Duration::from_secs(3600),
+        max_batch_ops: 1,
+        ..on_file(&dir.path().join("s.redb"))
+    })
+    .unwrap();
+    while !store.writer_idle() {
+        tokio::task::yield_now().await;
+    }
+    let (rest, must_ring) = store.commit_quiet(vec![put("m1", "message"), put("m2", "kept")]);
+    assert!(must_ring, "the writer was asleep");
+    assert!(store.withdraw_created(T, b"m1"));
+    tokio::time::timeout(EVENT_TIMEOUT, rest)
+        .await
+        .expect("the withdrawal rang the writer for m2")
+        .unwrap();
+    assert_eq!(store.get(T, b"m1").unwrap(), None);
+    assert_eq!(store.get(T, b"m2").unwrap(), Some(b"kept".to_vec()));
+    store.close().await.unwrap();
+}
+
 /// What a SIGKILL would leave of the store at `path`: its database and its commit log as
 /// the files hold them now (the page cache survives a killed process).
 fn copy_as_after_a_crash(path: &Path, to: &Path) {
