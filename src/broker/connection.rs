@@ -787,8 +787,8 @@ pub(crate) struct Connection<O = Output> {
     /// Deliveries were just handed to other connections: this one steps aside before
     /// writing its own replies, so theirs go out first (see `Running::poll_events`).
     handed_over: bool,
-    /// This turn stepped aside for the deliveries it handed over: the store's timer
-    /// waits for the next one (`Running::poll_run`).
+    /// This turn stepped aside for the deliveries it handed over: the store's timer is
+    /// only compared with the clock, and registered on a later turn (`Running::poll_run`).
     stepped_aside: bool,
 }
 
@@ -1699,9 +1699,7 @@ impl Connection {
                 for reply in after.replies {
                     self.send(reply);
                 }
-                if !after.deliveries.is_empty() {
-                    self.hand_over(after.deliveries);
-                }
+                self.hand_over(after.deliveries);
                 Ok(())
             }
             Err(e) => {
@@ -1809,7 +1807,8 @@ impl Connection {
     }
 
     /// Does what the packets of one read left in `batch`: the acknowledged deliveries'
-    /// deletes (lazy), the publishes' commit (one request, answered in order with
+    /// queue entries (withdrawn from the store's queue where still there, else deleted
+    /// lazily), the publishes' commit (one request, answered in order with
     /// everything queued before), then their deliveries, then refills the window.
     fn settle(&mut self, mut batch: Batch) {
         let store = &self.broker.shared.store;
@@ -1831,9 +1830,7 @@ impl Connection {
             // now: the writer is woken after they are written (`Running::poll_run`).
             self.queue_after_commit(batch.ops, after, !batch.now.is_empty());
         }
-        if !batch.now.is_empty() {
-            self.hand_over(batch.now);
-        }
+        self.hand_over(batch.now);
         if batch.pump {
             self.pump();
         }
@@ -1851,6 +1848,9 @@ impl Connection {
 
     /// Queues `deliveries` in their sessions and rings the connections they are for.
     fn hand_over(&mut self, deliveries: Vec<(ByteString, Queued)>) {
+        if deliveries.is_empty() {
+            return;
+        }
         let wake = self.broker.state().apply(deliveries);
         for signal in wake {
             self.handed_over |= !Arc::ptr_eq(&signal, &self.signal);
