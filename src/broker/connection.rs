@@ -2086,6 +2086,17 @@ impl Connection {
             let Some(session) = state.sessions.get_mut(&self.client_id) else {
                 return;
             };
+            // A connection taken over may still be handling what it read before its
+            // kick (a PUBACK that frees a slot). What it moved into flight now would go
+            // to a socket on its way out, after the new connection resent the flight,
+            // and would wait there for the client's next reconnect.
+            if session
+                .attached
+                .as_ref()
+                .is_none_or(|attached| attached.id != self.conn_id)
+            {
+                return;
+            }
             let persistent = session.persistent();
             while let Some(front) = session.queue.front() {
                 if front.qos != Qos::AtMostOnce
@@ -2322,6 +2333,94 @@ mod tests {
         assert!(!Arc::ptr_eq(&identities[0], &identities[2]));
         assert_eq!(identities[2].username.as_deref(), Some("carol"));
         assert_eq!(identities[2].realm, identities[0].realm);
+    }
+
+    /// A connection taken over that still handles what it read before its kick (say a
+    /// PUBACK, which frees a slot in flight) must leave the session's queue to the new
+    /// connection: what it moved into flight would go out on the old socket only.
+    #[tokio::test]
+    async fn a_connection_no_longer_attached_to_its_session_moves_nothing_into_flight() {
+        use crate::broker::codec::{Publish, Qos};
+        use crate::broker::session::{Attached, Message, Queued, Session};
+        use crate::broker::signal::Signal;
+
+        let config = crate::broker::BrokerConfig {
+            persistence: crate::broker::Persistence::Memory,
+            ..Default::default()
+        };
+        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        // The codec encodes once it has read a CONNECT (it learns the version from it).
+        let mut codec = super::Codec::new(broker.shared.config.max_packet_size);
+        let mut connect =
+            bytes::BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01c"[..]);
+        assert!(matches!(
+            codec.decode(&mut connect),
+            Ok(Some(super::Packet::Connect(_)))
+        ));
+        let mut conn = Connection::new(
+            broker.clone(),
+            codec,
+            super::Output::tcp(super::Stream::Tcp(stream)),
+            super::Peer::Tcp(peer),
+        );
+        let client_id = ByteString::from("taken-over");
+        conn.client_id = client_id.clone();
+        let queued = Queued {
+            seq: 1,
+            msg: Arc::new(Message {
+                publish: Publish {
+                    topic: "t".into(),
+                    payload: "one".into(),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                    dup: false,
+                    packet_id: None,
+                    topic_alias: None,
+                    subscription_ids: Vec::new(),
+                    properties: Default::default(),
+                },
+                received_ms: 0,
+                from: "publisher".into(),
+            }),
+            qos: Qos::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            packet_id: None,
+            released: false,
+        };
+        let attach = |id: u64| {
+            let mut state = broker.state();
+            let session = state
+                .sessions
+                .entry(client_id.clone())
+                .or_insert_with(|| Box::new(Session::new(u32::MAX, Version::V311)));
+            session.attached = Some(Attached {
+                id,
+                signal: Arc::new(Signal::new(0)),
+            });
+            if session.queue.is_empty() {
+                session.queue.push_back(queued.clone());
+            }
+        };
+        let in_flight = || broker.state().sessions[&client_id].inflight.len();
+
+        // The new connection holds the session: the old one pumps nothing.
+        attach(conn.conn_id + 1);
+        conn.pump();
+        assert_eq!(in_flight(), 0);
+        assert_eq!(broker.state().sessions[&client_id].queue.len(), 1);
+
+        // Attached to this connection, the same pump sends it.
+        attach(conn.conn_id);
+        conn.pump();
+        assert_eq!(in_flight(), 1);
+        assert!(broker.state().sessions[&client_id].queue.is_empty());
     }
 
     /// An idle connection costs its task's future for as long as it lives; this keeps
