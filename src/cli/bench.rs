@@ -373,10 +373,16 @@ async fn compare(
             )?),
             _ => None,
         };
-        let measured = workload
+        let stolen_before = stolen_ms();
+        let mut measured = workload
             .run(&broker, load)
             .await
             .with_context(|| format!("{} on {kind}", workload.name()))?;
+        // Brokers run one after the other: a host that took more CPU from this VM during
+        // one broker's turn makes the two columns incomparable (docs/benchmarks.md).
+        if let (Some(before), Some(after)) = (stolen_before, stolen_ms()) {
+            measured.push("CPU stolen by the host", "ms", after - before, false);
+        }
         if let Some(profile) = profile {
             profile.stop();
         }
@@ -387,6 +393,25 @@ async fn compare(
         }
     }
     Ok(comparison)
+}
+
+/// CPU time the hypervisor has taken from this machine's CPUs since boot, in ms: the
+/// `steal` column of /proc/stat. `None` where that cannot be read.
+fn stolen_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks_per_second <= 0 {
+        return None;
+    }
+    Some(steal_ticks(&stat)? as f64 * 1000.0 / ticks_per_second as f64)
+}
+
+/// The `steal` field (the eighth number) of the all-CPU line of /proc/stat, in clock
+/// ticks; `None` on a kernel too old to have it.
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 /// `perf record -g` attached to one process.
@@ -520,6 +545,17 @@ fn to_json(comparisons: &[Comparison]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_all_cpu_line() {
+        let stat = "cpu  4705 150 1120 16250 520 0 36 212 0 0\n\
+                    cpu0 2300 75 560 8100 260 0 18 106 0 0\n\
+                    intr 114930548 113 0\n";
+        assert_eq!(steal_ticks(stat), Some(212));
+        // Kernels before 2.6.11 print seven numbers: no steal to report.
+        assert_eq!(steal_ticks("cpu  4705 150 1120 16250 520 0 36\n"), None);
+        assert_eq!(steal_ticks("intr 1 2 3\n"), None);
+    }
 
     #[test]
     fn values_are_printed_in_their_unit() {

@@ -87,7 +87,13 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn push(&mut self, name: impl Into<String>, unit: &'static str, value: f64, higher: bool) {
+    pub(super) fn push(
+        &mut self,
+        name: impl Into<String>,
+        unit: &'static str,
+        value: f64,
+        higher: bool,
+    ) {
         self.metrics.push(Metric {
             name: name.into(),
             unit,
