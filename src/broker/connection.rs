@@ -2283,6 +2283,30 @@ mod tests {
     use super::{Connection, Login};
     use crate::broker::codec::{Connect, Version};
 
+    /// A broker that keeps everything in memory.
+    fn memory_broker() -> super::Broker {
+        let config = crate::broker::BrokerConfig {
+            persistence: crate::broker::Persistence::Memory,
+            ..Default::default()
+        };
+        super::Broker::open(config, std::path::Path::new("unused")).unwrap()
+    }
+
+    /// Both ends of a TCP connection on loopback: the client's, and the server's with
+    /// its peer address.
+    async fn connected() -> (
+        tokio::net::TcpStream,
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        (client, stream, peer)
+    }
+
     fn connect(client_id: &str, username: Option<&str>) -> Connect {
         Connect {
             version: Version::V311,
@@ -2304,11 +2328,7 @@ mod tests {
     /// idle connection otherwise); a named client gets its own, in the same realm.
     #[tokio::test]
     async fn anonymous_clients_share_the_listeners_identity() {
-        let config = crate::broker::BrokerConfig {
-            persistence: crate::broker::Persistence::Memory,
-            ..Default::default()
-        };
-        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
+        let broker = memory_broker();
         let listener = super::Listener::new(0, crate::broker::ListenerConfig::default()).unwrap();
         let login = || Login {
             realm: listener.index,
@@ -2340,20 +2360,12 @@ mod tests {
     /// connection: what it moved into flight would go out on the old socket only.
     #[tokio::test]
     async fn a_connection_no_longer_attached_to_its_session_moves_nothing_into_flight() {
-        use crate::broker::codec::{Publish, Qos};
-        use crate::broker::session::{Attached, Message, Queued, Session};
+        use crate::broker::codec::Qos;
+        use crate::broker::session::{Attached, Queued, Session, test_message};
         use crate::broker::signal::Signal;
 
-        let config = crate::broker::BrokerConfig {
-            persistence: crate::broker::Persistence::Memory,
-            ..Default::default()
-        };
-        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
+        let broker = memory_broker();
+        let (_client, stream, peer) = connected().await;
         // The codec encodes once it has read a CONNECT (it learns the version from it).
         let mut codec = super::Codec::new(broker.shared.config.max_packet_size);
         let mut connect =
@@ -2372,21 +2384,7 @@ mod tests {
         conn.client_id = client_id.clone();
         let queued = Queued {
             seq: 1,
-            msg: Arc::new(Message {
-                publish: Publish {
-                    topic: "t".into(),
-                    payload: "one".into(),
-                    qos: Qos::AtLeastOnce,
-                    retain: false,
-                    dup: false,
-                    packet_id: None,
-                    topic_alias: None,
-                    subscription_ids: Vec::new(),
-                    properties: Default::default(),
-                },
-                received_ms: 0,
-                from: "publisher".into(),
-            }),
+            msg: test_message("one"),
             qos: Qos::AtLeastOnce,
             retain: false,
             subscription_ids: Vec::new(),
@@ -2427,16 +2425,8 @@ mod tests {
     /// that future from growing back unnoticed (docs/benchmarks.md has the RSS figure).
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        let config = crate::broker::BrokerConfig {
-            persistence: crate::broker::Persistence::Memory,
-            ..Default::default()
-        };
-        let broker = super::Broker::open(config, std::path::Path::new("unused")).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
+        let broker = memory_broker();
+        let (_client, stream, peer) = connected().await;
         let listener = std::sync::Arc::new(
             super::Listener::new(0, crate::broker::ListenerConfig::default()).unwrap(),
         );

@@ -384,6 +384,26 @@ pub fn decode_retained(bytes: &[u8]) -> Option<Message> {
     })
 }
 
+/// A QoS 1 message on topic `t` from `publisher`, as routing holds it, for tests.
+#[cfg(test)]
+pub(crate) fn test_message(payload: &'static str) -> Arc<Message> {
+    Arc::new(Message {
+        publish: Publish {
+            topic: "t".into(),
+            payload: payload.into(),
+            qos: Qos::AtLeastOnce,
+            retain: false,
+            dup: false,
+            packet_id: None,
+            topic_alias: None,
+            subscription_ids: Vec::new(),
+            properties: Default::default(),
+        },
+        received_ms: 0,
+        from: "publisher".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -402,25 +402,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::codec::{Publish, Version};
-
-    fn message(payload: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            publish: Publish {
-                topic: "t".into(),
-                payload: payload.into(),
-                qos: Qos::AtLeastOnce,
-                retain: false,
-                dup: false,
-                packet_id: None,
-                topic_alias: None,
-                subscription_ids: Vec::new(),
-                properties: Default::default(),
-            },
-            received_ms: 0,
-            from: "publisher".into(),
-        })
-    }
+    use crate::broker::codec::Version;
+    use crate::broker::session::test_message as message;
 
     #[test]
     fn a_message_over_max_queued_is_neither_queued_nor_written() {
