@@ -939,6 +939,16 @@ impl Connection {
         let Some(session) = state.sessions.get_mut(&self.client_id) else {
             return;
         };
+        // After a takeover the id may already name another message, sent by the new
+        // connection; this one's copy is in that connection's resend, which meets the
+        // same limit and discards it there.
+        if session
+            .attached
+            .as_ref()
+            .is_none_or(|attached| attached.id != self.conn_id)
+        {
+            return;
+        }
         let persistent = session.persistent();
         if let Some(queued) = session.inflight.remove(&id.get())
             && durable
@@ -2089,13 +2099,17 @@ impl Connection {
             // A connection taken over may still be handling what it read before its
             // kick (a PUBACK that frees a slot). What it moved into flight now would go
             // to a socket on its way out, after the new connection resent the flight,
-            // and would wait there for the client's next reconnect.
-            if session
-                .attached
-                .as_ref()
-                .is_none_or(|attached| attached.id != self.conn_id)
-            {
-                return;
+            // and would wait there for the client's next reconnect. The slot it freed
+            // is the new connection's to fill: ring it.
+            match &session.attached {
+                Some(attached) if attached.id == self.conn_id => {}
+                Some(attached) => {
+                    let successor = attached.signal.clone();
+                    drop(state);
+                    successor.wake();
+                    return;
+                }
+                None => return,
             }
             let persistent = session.persistent();
             while let Some(front) = session.queue.front() {
@@ -2408,11 +2422,19 @@ mod tests {
         };
         let in_flight = || broker.state().sessions[&client_id].inflight.len();
 
-        // The new connection holds the session: the old one pumps nothing.
+        // The new connection holds the session: the old one pumps nothing, and rings
+        // the new one to fill the slot it may have freed.
         attach(conn.conn_id + 1);
         conn.pump();
         assert_eq!(in_flight(), 0);
         assert_eq!(broker.state().sessions[&client_id].queue.len(), 1);
+        let successor = broker.state().sessions[&client_id]
+            .attached
+            .as_ref()
+            .unwrap()
+            .signal
+            .clone();
+        assert!(successor.rung(), "the new connection was not rung");
 
         // Attached to this connection, the same pump sends it.
         attach(conn.conn_id);
