@@ -381,7 +381,7 @@ async fn compare(
         // Brokers run one after the other: a host that took more CPU from this VM during
         // one broker's turn makes the two columns incomparable (docs/benchmarks.md).
         if let (Some(before), Some(after)) = (stolen_before, stolen_ms()) {
-            measured.push("CPU stolen by the host", "ms", after - before, false);
+            measured.push_condition("CPU stolen by the host", "ms", after - before);
         }
         if let Some(profile) = profile {
             profile.stop();
@@ -484,7 +484,7 @@ fn print_table(comparison: &Comparison, load: &Load, runs: u32, key: TlsKey) {
         let mosquitto = value(&comparison.mosquitto);
         let shown = |v: Option<f64>| v.map_or("-".into(), |v| format_value(v, metric.unit));
         let ratio = match (headwater, mosquitto) {
-            (Some(h), Some(m)) if m > 0.0 => format!("{:.2}x", h / m),
+            (Some(h), Some(m)) if m > 0.0 && !metric.condition => format!("{:.2}x", h / m),
             _ => "-".into(),
         };
         println!(
@@ -493,7 +493,9 @@ fn print_table(comparison: &Comparison, load: &Load, runs: u32, key: TlsKey) {
             shown(headwater),
             shown(mosquitto),
             ratio,
-            if metric.higher_is_better {
+            if metric.condition {
+                "condition"
+            } else if metric.higher_is_better {
                 "higher"
             } else {
                 "lower"
@@ -522,6 +524,7 @@ fn to_json(comparisons: &[Comparison]) -> serde_json::Value {
                     "unit": metric.unit,
                     "value": metric.value,
                     "higher_is_better": metric.higher_is_better,
+                    "condition": metric.condition,
                 })).collect::<Vec<_>>(),
                 "notes": m.notes,
                 "details": m.details,

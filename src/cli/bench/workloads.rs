@@ -72,6 +72,9 @@ pub struct Metric {
     pub value: f64,
     /// Whether more is better (throughput) or less (latency, memory).
     pub higher_is_better: bool,
+    /// A condition of the run rather than a result of the broker (CPU the host took):
+    /// shown beside the results, never as a ratio or a side that did better.
+    pub condition: bool,
 }
 
 /// What one workload measured on one broker.
@@ -87,18 +90,30 @@ pub struct Measured {
 }
 
 impl Measured {
-    pub(super) fn push(
-        &mut self,
-        name: impl Into<String>,
-        unit: &'static str,
-        value: f64,
-        higher: bool,
-    ) {
+    /// Adds a result; `higher`: more is better.
+    fn push(&mut self, name: impl Into<String>, unit: &'static str, value: f64, higher: bool) {
         self.metrics.push(Metric {
             name: name.into(),
             unit,
             value,
             higher_is_better: higher,
+            condition: false,
+        });
+    }
+
+    /// Adds a condition the run was measured under (see [`Metric::condition`]).
+    pub(super) fn push_condition(
+        &mut self,
+        name: impl Into<String>,
+        unit: &'static str,
+        value: f64,
+    ) {
+        self.metrics.push(Metric {
+            name: name.into(),
+            unit,
+            value,
+            higher_is_better: false,
+            condition: true,
         });
     }
 }
