@@ -942,11 +942,7 @@ impl Connection {
         // After a takeover the id may already name another message, sent by the new
         // connection; this one's copy is in that connection's resend, which meets the
         // same limit and discards it there.
-        if session
-            .attached
-            .as_ref()
-            .is_none_or(|attached| attached.id != self.conn_id)
-        {
+        if !session.attached_to(self.conn_id) {
             return;
         }
         let persistent = session.persistent();
@@ -2208,10 +2204,7 @@ impl Connection {
         {
             let mut state = broker.state();
             if let Some(session) = state.sessions.get_mut(&self.client_id)
-                && session
-                    .attached
-                    .as_ref()
-                    .is_some_and(|a| a.id == self.conn_id)
+                && session.attached_to(self.conn_id)
             {
                 session.attached = None;
                 session.generation = session.generation.wrapping_add(1);

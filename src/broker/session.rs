@@ -180,6 +180,11 @@ impl Session {
         known
     }
 
+    /// Whether connection `conn_id` is the one attached (not taken over, not ended).
+    pub fn attached_to(&self, conn_id: u64) -> bool {
+        self.attached.as_ref().is_some_and(|a| a.id == conn_id)
+    }
+
     /// Whether it outlives its connection (and so is written to the store).
     pub fn persistent(&self) -> bool {
         self.expiry > 0
