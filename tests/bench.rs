@@ -119,3 +119,52 @@ fn bench_broker_tls_workloads_run_against_both_brokers_with_the_same_certificate
         }
     }
 }
+
+#[test]
+fn bench_broker_latency_in_turns_measures_every_segment_of_both_brokers() {
+    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args([
+            "bench",
+            "broker",
+            "--workload",
+            "latency",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--segments",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("run headwater bench broker");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    let results = results.as_array().expect("an array");
+    assert_eq!(results.len(), 1, "{stdout}");
+    for broker in ["headwater", "mosquitto"] {
+        let side = &results[0][broker];
+        assert_eq!(side["notes"], serde_json::json!([]), "{broker}: {stdout}");
+        // 100 msg/s for 2 s at each QoS, gathered over four half-second segments.
+        assert_eq!(
+            side["details"],
+            serde_json::json!([
+                "QoS 0: 200 messages measured",
+                "QoS 1: 200 messages measured"
+            ]),
+            "{broker}: {stdout}"
+        );
+        let stolen = side["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "CPU stolen by the host")
+            .expect("the stolen CPU is reported");
+        assert_eq!(stolen["condition"], true);
+    }
+}

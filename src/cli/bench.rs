@@ -69,6 +69,11 @@ pub struct BrokerBenchArgs {
     /// Seconds the latency workload runs at each QoS
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub duration: u64,
+    /// Latency only: split each broker's --duration into N segments and let the brokers
+    /// take turns, segment by segment, both running all along, so that a slow spell of
+    /// the host falls on both [default: 1, one broker after the other]
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub segments: u32,
     /// Idle connections opened by idle-memory
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub connections: usize,
@@ -191,6 +196,13 @@ impl Workload {
                 messages(workloads::FAN_OUT_MESSAGES),
                 load.window
             ),
+            Workload::Latency if load.segments > 1 => format!(
+                "1 publisher at {} msg/s -> 1 subscriber, QoS 0 then QoS 1 (persistent \
+                 subscriber), {} s each in {} segments, the brokers taking turns",
+                load.rate,
+                load.duration.as_secs(),
+                load.segments
+            ),
             Workload::Latency => format!(
                 "1 publisher at {} msg/s -> 1 subscriber, {} s at QoS 0 then {} s at QoS 1 \
                  (persistent subscriber)",
@@ -275,6 +287,7 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
         inflight: args.inflight.max(1),
         rate: args.rate.max(1),
         duration: Duration::from_secs(args.duration.max(1)),
+        segments: args.segments.max(1),
         connections: args.connections,
         source_addresses: args.source_addresses,
         quiet: Duration::from_secs(args.quiet.max(1)),
@@ -364,15 +377,15 @@ async fn compare(
         headwater: None,
         mosquitto: None,
     };
+    if workload == Workload::Latency && load.segments > 1 {
+        let [headwater, mosquitto] = latency_in_turns(&kinds, run, args, exe, load).await?;
+        comparison.headwater = headwater;
+        comparison.mosquitto = mosquitto;
+        return Ok(comparison);
+    }
     for kind in kinds {
         let broker = BrokerProcess::start(kind, exe, tls).await?;
-        let profile = match (&args.perf, kind) {
-            (Some(dir), BrokerKind::Headwater) => Some(Profile::start(
-                dir.join(format!("{}-run{run}.data", workload.name())),
-                broker.pid(),
-            )?),
-            _ => None,
-        };
+        let profile = start_profile(args, workload, run, &broker)?;
         let stolen_before = stolen_ms();
         let mut measured = workload
             .run(&broker, load)
@@ -393,6 +406,86 @@ async fn compare(
         }
     }
     Ok(comparison)
+}
+
+/// The latency workload with both brokers running and taking turns: `load.segments`
+/// segments of `load.duration / segments` each, the order reversed every segment, so a
+/// spell of stolen CPU lands on both about equally. Returns Headwater's and
+/// Mosquitto's figures, each over all of its segments.
+async fn latency_in_turns(
+    kinds: &[BrokerKind],
+    run: u32,
+    args: &BrokerBenchArgs,
+    exe: &Executables,
+    load: &Load,
+) -> anyhow::Result<[Option<Measured>; 2]> {
+    let mut brokers = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
+        brokers.push(BrokerProcess::start(kind, exe, None).await?);
+    }
+    let profile = match brokers.iter().find(|b| b.kind == BrokerKind::Headwater) {
+        Some(broker) => start_profile(args, Workload::Latency, run, broker)?,
+        None => None,
+    };
+    let segment = Load {
+        duration: load.duration / load.segments,
+        ..load.clone()
+    };
+    let mut runs = Vec::with_capacity(brokers.len());
+    for broker in &brokers {
+        runs.push(workloads::LatencyRun::connect(broker).await?);
+    }
+    let mut stolen: Vec<Option<f64>> = vec![Some(0.0); kinds.len()];
+    for turn in 0..load.segments {
+        let mut order: Vec<usize> = (0..brokers.len()).collect();
+        if turn % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let before = stolen_ms();
+            runs[index]
+                .segment(&brokers[index], &segment)
+                .await
+                .with_context(|| format!("latency on {}, segment {}", kinds[index], turn + 1))?;
+            stolen[index] = match (stolen[index], before, stolen_ms()) {
+                (Some(sum), Some(before), Some(after)) => Some(sum + after - before),
+                _ => None,
+            };
+        }
+    }
+    if let Some(profile) = profile {
+        profile.stop();
+    }
+    drop(brokers);
+    let mut figures = [None, None];
+    for ((kind, gathered), stolen) in kinds.iter().zip(runs).zip(stolen) {
+        let mut measured = gathered.figures();
+        if let Some(stolen) = stolen {
+            measured.push_condition("CPU stolen by the host", "ms", stolen);
+        }
+        let slot = match kind {
+            BrokerKind::Headwater => 0,
+            BrokerKind::Mosquitto => 1,
+        };
+        figures[slot] = Some(measured);
+    }
+    Ok(figures)
+}
+
+/// `perf record` of Headwater during one workload when `--perf` asks for it.
+fn start_profile(
+    args: &BrokerBenchArgs,
+    workload: Workload,
+    run: u32,
+    broker: &BrokerProcess,
+) -> anyhow::Result<Option<Profile>> {
+    match (&args.perf, broker.kind) {
+        (Some(dir), BrokerKind::Headwater) => Ok(Some(Profile::start(
+            dir.join(format!("{}-run{run}.data", workload.name())),
+            broker.pid(),
+        )?)),
+        _ => Ok(None),
+    }
 }
 
 /// CPU time the hypervisor has taken from this machine's CPUs since boot, in ms: the

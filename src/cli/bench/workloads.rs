@@ -49,6 +49,8 @@ pub struct Load {
     pub rate: u32,
     /// Latency workload: how long each QoS is measured.
     pub duration: Duration,
+    /// Latency workload: segments `duration` is split into, the brokers taking turns.
+    pub segments: u32,
     /// Idle-memory workload: connections opened.
     pub connections: usize,
     /// Idle-memory workload: source addresses 127.0.0.1 ..= 127.0.0.N.
@@ -189,6 +191,8 @@ struct Received {
     last: Option<Instant>,
     /// Latencies in nanoseconds, when asked for.
     latencies: Vec<u64>,
+    /// The subscriber's connection, for another round.
+    halves: (Reader, Writer),
 }
 
 /// Receives until `expected` messages arrived or none came for `quiet`; acknowledges
@@ -202,12 +206,10 @@ async fn receive(
     quiet: Duration,
     clock: Option<Instant>,
 ) -> anyhow::Result<Received> {
-    let mut seen = Received {
-        count: 0,
-        last: None,
-        latencies: Vec::new(),
-    };
-    while seen.count < expected {
+    let mut count = 0;
+    let mut last = None;
+    let mut latencies = Vec::new();
+    while count < expected {
         let packet = match tokio::time::timeout(quiet, reader.next()).await {
             Err(_) => break,
             Ok(packet) => packet?,
@@ -216,23 +218,28 @@ async fn receive(
         let now = Instant::now();
         while let Some(packet) = next {
             if let Packet::Publish(publish) = packet {
-                seen.count += 1;
+                count += 1;
                 if let Some(packet_id) = publish.packet_id {
                     writer.queue(Packet::PublishAck { packet_id })?;
                 }
                 if let Some(clock) = clock {
                     let sent = read_timestamp(&publish.payload)?;
                     let at = now.duration_since(clock).as_nanos() as u64;
-                    seen.latencies.push(at.saturating_sub(sent));
+                    latencies.push(at.saturating_sub(sent));
                 }
             }
             next = reader.buffered()?;
         }
-        seen.last = Some(now);
-        progress.received(index, seen.count);
+        last = Some(now);
+        progress.received(index, count);
         writer.flush().await?;
     }
-    Ok(seen)
+    Ok(Received {
+        count,
+        last,
+        latencies,
+        halves: (reader, writer),
+    })
 }
 
 /// A payload of `size` bytes whose first 8 are `nanos` (big endian).
@@ -519,55 +526,120 @@ pub async fn fan_out(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Meas
     Ok(measured)
 }
 
-/// latency: one publisher at `rate` msg/s to one subscriber, at QoS 0 and then at QoS 1
-/// (a persistent subscriber, so a durable broker writes each message); p50, p99, max.
-pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
-    let mut measured = Measured::default();
-    for (qos, label) in [(QoS::AtMostOnce, "QoS 0"), (QoS::AtLeastOnce, "QoS 1")] {
-        let written_before = broker.disk_written_bytes()?;
-        let mut latencies = latency_at(&broker.endpoint, load, qos).await?;
-        let written = broker.disk_written_bytes()?.saturating_sub(written_before);
-        let expected = u64::from(load.rate) * load.duration.as_secs();
-        if (latencies.len() as u64) < expected {
-            measured.notes.push(format!(
-                "{label}: {} of {expected} messages arrived",
-                latencies.len()
-            ));
+/// The latency workload on one broker: its clients, connected once and kept for every
+/// segment, and what they measured so far. A connection's start (TCP slow start; on
+/// Mosquitto, Nagle's algorithm stalling against delayed ACKs) then happens once per
+/// run however many segments it has, as it does in a run of one segment.
+pub struct LatencyRun {
+    /// The clients at QoS 0, then at QoS 1.
+    clients: [LatencyClients; 2],
+    /// Latencies in nanoseconds, QoS 0 then QoS 1.
+    latencies: [Vec<u64>; 2],
+    /// Messages published at each QoS.
+    expected: [u64; 2],
+    /// Growth of the broker's disk writes during the QoS 1 segments.
+    qos1_written: u64,
+}
+
+impl LatencyRun {
+    /// Connects the publisher and subscriber of each QoS to `broker`.
+    pub async fn connect(broker: &BrokerProcess) -> anyhow::Result<LatencyRun> {
+        Ok(LatencyRun {
+            clients: [
+                LatencyClients::connect(&broker.endpoint, QoS::AtMostOnce).await?,
+                LatencyClients::connect(&broker.endpoint, QoS::AtLeastOnce).await?,
+            ],
+            latencies: Default::default(),
+            expected: [0; 2],
+            qos1_written: 0,
+        })
+    }
+
+    /// One segment: one publisher at `rate` msg/s to one subscriber for `duration` at
+    /// QoS 0 and then at QoS 1 (a persistent subscriber, so a durable broker writes each
+    /// message).
+    pub async fn segment(&mut self, broker: &BrokerProcess, load: &Load) -> anyhow::Result<()> {
+        for (index, clients) in self.clients.iter_mut().enumerate() {
+            let written_before = broker.disk_written_bytes()?;
+            let latencies = clients.measure(load).await?;
+            let written = broker.disk_written_bytes()?.saturating_sub(written_before);
+            self.expected[index] += messages_in(load);
+            self.latencies[index].extend(latencies);
+            if clients.qos == QoS::AtLeastOnce {
+                self.qos1_written += written;
+            }
         }
-        latencies.sort_unstable();
-        let micros = |nanos: u64| nanos as f64 / 1000.0;
-        measured.push(
-            format!("{label} p50"),
-            "µs",
-            micros(percentile(&latencies, 50.0)),
-            false,
-        );
-        measured.push(
-            format!("{label} p99"),
-            "µs",
-            micros(percentile(&latencies, 99.0)),
-            false,
-        );
-        measured.push(
-            format!("{label} max"),
-            "µs",
-            micros(latencies.last().copied().unwrap_or(0)),
-            false,
-        );
-        // How many stalls a p99 stands for: on a shared 2-core VM one scheduling hiccup
-        // of either broker can move a 20 s run's p99 by milliseconds.
-        let stalled = latencies.len() - latencies.partition_point(|&nanos| nanos <= 1_000_000);
-        measured.push(format!("{label} over 1 ms"), "msgs", stalled as f64, false);
-        if qos == QoS::AtLeastOnce {
+        Ok(())
+    }
+
+    /// p50, p99, max, messages over 1 ms (and QoS 1 disk writes per message) of every
+    /// segment so far.
+    pub fn figures(self) -> Measured {
+        let mut measured = Measured::default();
+        let LatencyRun {
+            latencies,
+            expected,
+            qos1_written,
+            ..
+        } = self;
+        for (index, (mut latencies, expected)) in latencies.into_iter().zip(expected).enumerate() {
+            let label = ["QoS 0", "QoS 1"][index];
+            if (latencies.len() as u64) < expected {
+                measured.notes.push(format!(
+                    "{label}: {} of {expected} messages arrived",
+                    latencies.len()
+                ));
+            }
+            measured
+                .details
+                .push(format!("{label}: {} messages measured", latencies.len()));
+            latencies.sort_unstable();
+            let micros = |nanos: u64| nanos as f64 / 1000.0;
             measured.push(
-                format!("{label} disk writes per message"),
-                "B",
-                written as f64 / latencies.len().max(1) as f64,
+                format!("{label} p50"),
+                "µs",
+                micros(percentile(&latencies, 50.0)),
                 false,
             );
+            measured.push(
+                format!("{label} p99"),
+                "µs",
+                micros(percentile(&latencies, 99.0)),
+                false,
+            );
+            measured.push(
+                format!("{label} max"),
+                "µs",
+                micros(latencies.last().copied().unwrap_or(0)),
+                false,
+            );
+            // How many stalls a p99 stands for: on a shared 2-core VM one scheduling
+            // hiccup of either broker can move a 20 s run's p99 by milliseconds.
+            let stalled = latencies.len() - latencies.partition_point(|&nanos| nanos <= 1_000_000);
+            measured.push(format!("{label} over 1 ms"), "msgs", stalled as f64, false);
+            if index == 1 {
+                measured.push(
+                    format!("{label} disk writes per message"),
+                    "B",
+                    qos1_written as f64 / latencies.len().max(1) as f64,
+                    false,
+                );
+            }
         }
+        measured
     }
-    Ok(measured)
+}
+
+/// latency in one piece: one segment of the whole `duration`.
+pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Measured> {
+    let mut run = LatencyRun::connect(broker).await?;
+    run.segment(broker, load).await?;
+    Ok(run.figures())
+}
+
+/// Messages the latency workload publishes per segment at one QoS: `rate` for `duration`.
+fn messages_in(load: &Load) -> u64 {
+    (u128::from(load.rate) * load.duration.as_millis() / 1000) as u64
 }
 
 /// The nearest-rank percentile of sorted `values`; 0 when empty.
@@ -579,76 +651,120 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Latencies in nanoseconds of one run at `qos`.
-async fn latency_at(endpoint: &Endpoint, load: &Load, qos: QoS) -> anyhow::Result<Vec<u64>> {
-    let level = qos as u8;
-    let persistent = qos == QoS::AtLeastOnce;
-    let topic = ByteString::from(format!("bench/latency/{level}"));
-    let mut subscriber = Client::connect(
-        endpoint,
-        None,
-        &format!("bench-latency-sub-{level}"),
-        !persistent,
-    )
-    .await?;
-    subscriber.subscribe(&topic, qos).await?;
-    let publisher =
-        Client::connect(endpoint, None, &format!("bench-latency-pub-{level}"), true).await?;
-    let count = u64::from(load.rate) * load.duration.as_secs();
-    let clock = Instant::now();
-    // The window never binds at a fixed rate; the subscriber counts into it regardless.
-    let progress = Progress::new(1, u64::MAX / 2);
-    let (reader, writer) = subscriber.split();
-    let receiving = tokio::spawn(receive(
-        reader,
-        writer,
-        progress,
-        0,
-        count,
-        load.quiet,
-        Some(clock),
-    ));
-    let (mut acks, mut writer) = publisher.split();
-    let payload_size = load.payload;
-    let rate = u64::from(load.rate.max(1));
-    let sending = tokio::spawn(async move {
-        // A tick every millisecond sends what is due by then, so rates above 1000/s work
-        // with tokio's millisecond timer.
-        let mut ticks = tokio::time::interval(Duration::from_millis(1));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let start = Instant::now();
-        let mut sent = 0u64;
-        let mut packet_id = 0u16;
-        while sent < count {
-            ticks.tick().await;
-            let due = (start.elapsed().as_micros() as u64 * rate / 1_000_000 + 1).min(count);
-            while sent < due {
-                let nanos = clock.elapsed().as_nanos() as u64;
-                let id = if qos == QoS::AtLeastOnce {
-                    packet_id = packet_id.checked_add(1).unwrap_or(1);
-                    NonZeroU16::new(packet_id)
-                } else {
-                    None
-                };
-                writer.queue(client::publish(
-                    &topic,
-                    timestamped(payload_size, nanos),
-                    qos,
-                    id,
-                ))?;
-                sent += 1;
+/// The latency workload's publisher and subscriber at one QoS, between segments.
+struct LatencyClients {
+    qos: QoS,
+    topic: ByteString,
+    /// The send and receive times of every segment are read from this one clock.
+    clock: Instant,
+    /// `None` only while a segment runs, or after one failed.
+    subscriber: Option<(Reader, Writer)>,
+    publisher: Option<Writer>,
+    /// Reads and drops the publisher's PUBACKs, so its socket never fills.
+    draining: tokio::task::JoinHandle<()>,
+    /// The publisher's last packet id.
+    packet_id: u16,
+}
+
+impl Drop for LatencyClients {
+    fn drop(&mut self) {
+        self.draining.abort();
+    }
+}
+
+impl LatencyClients {
+    async fn connect(endpoint: &Endpoint, qos: QoS) -> anyhow::Result<LatencyClients> {
+        let level = qos as u8;
+        let topic = ByteString::from(format!("bench/latency/{level}"));
+        let persistent = qos == QoS::AtLeastOnce;
+        let mut subscriber = Client::connect(
+            endpoint,
+            None,
+            &format!("bench-latency-sub-{level}"),
+            !persistent,
+        )
+        .await?;
+        subscriber.subscribe(&topic, qos).await?;
+        let publisher =
+            Client::connect(endpoint, None, &format!("bench-latency-pub-{level}"), true).await?;
+        let (mut acks, writer) = publisher.split();
+        let draining = tokio::spawn(async move { while let Ok(Some(_)) = acks.next().await {} });
+        Ok(LatencyClients {
+            qos,
+            topic,
+            clock: Instant::now(),
+            subscriber: Some(subscriber.split()),
+            publisher: Some(writer),
+            draining,
+            packet_id: 0,
+        })
+    }
+
+    /// Publishes `rate` msg/s for `duration`; the latencies in nanoseconds of what arrived.
+    async fn measure(&mut self, load: &Load) -> anyhow::Result<Vec<u64>> {
+        let count = messages_in(load);
+        let clock = self.clock;
+        let (reader, writer) = self
+            .subscriber
+            .take()
+            .context("the latency subscriber was lost in an earlier segment")?;
+        // The window never binds at a fixed rate; the subscriber counts into it regardless.
+        let progress = Progress::new(1, u64::MAX / 2);
+        let receiving = tokio::spawn(receive(
+            reader,
+            writer,
+            progress,
+            0,
+            count,
+            load.quiet,
+            Some(clock),
+        ));
+        let mut writer = self
+            .publisher
+            .take()
+            .context("the latency publisher was lost in an earlier segment")?;
+        let qos = self.qos;
+        let topic = self.topic.clone();
+        let mut packet_id = self.packet_id;
+        let payload_size = load.payload;
+        let rate = u64::from(load.rate.max(1));
+        let sending = tokio::spawn(async move {
+            // A tick every millisecond sends what is due by then, so rates above 1000/s
+            // work with tokio's millisecond timer.
+            let mut ticks = tokio::time::interval(Duration::from_millis(1));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < count {
+                ticks.tick().await;
+                let due = (start.elapsed().as_micros() as u64 * rate / 1_000_000 + 1).min(count);
+                while sent < due {
+                    let nanos = clock.elapsed().as_nanos() as u64;
+                    let id = if qos == QoS::AtLeastOnce {
+                        packet_id = packet_id.checked_add(1).unwrap_or(1);
+                        NonZeroU16::new(packet_id)
+                    } else {
+                        None
+                    };
+                    writer.queue(client::publish(
+                        &topic,
+                        timestamped(payload_size, nanos),
+                        qos,
+                        id,
+                    ))?;
+                    sent += 1;
+                }
+                writer.flush().await?;
             }
-            writer.flush().await?;
-        }
-        anyhow::Ok(writer)
-    });
-    // PUBACKs to the publisher are read and dropped, so its socket never fills.
-    let draining = tokio::spawn(async move { while let Ok(Some(_)) = acks.next().await {} });
-    let received = receiving.await??;
-    let writer = sending.await??;
-    drop(writer);
-    draining.abort();
-    Ok(received.latencies)
+            anyhow::Ok((writer, packet_id))
+        });
+        let received = receiving.await??;
+        let (writer, packet_id) = sending.await??;
+        self.subscriber = Some(received.halves);
+        self.publisher = Some(writer);
+        self.packet_id = packet_id;
+        Ok(received.latencies)
+    }
 }
 
 /// Connections made by tls-connect by default.
