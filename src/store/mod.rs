@@ -403,11 +403,20 @@ impl Store {
         self.inner.queue.writer_idle()
     }
 
+    /// How many times a commit or a ring has woken the sleeping writer thread, for tests
+    /// that must show something did not.
+    #[doc(hidden)]
+    pub fn writer_wakes(&self) -> u64 {
+        self.inner.queue.wakes()
+    }
+
     /// Withdraws the Put that created `key` in `table` while the writer has not taken
     /// it yet: for a key that did not exist before that Put and was put only once (a QoS 1
     /// message queued for a persistent session, once its subscriber has acknowledged it).
     /// `true`: neither that Put nor the caller's Delete will be written, and a durable
     /// request left with nothing to write is answered now, without waking the writer.
+    /// The writer is never woken here: a request with more left to write still waits
+    /// for whatever it waited for before (its producer's ring, for a quiet one).
     /// `false`: the writer has the Put; delete the key as usual.
     ///
     /// Two exceptions to the rules of [`Store::commit`] follow, both harmless for such a
@@ -428,12 +437,14 @@ impl Store {
                 }
                 true
             }
-            queue::Withdrawn::Op => {
-                // The rest of the request still needs the writer: wake it as the Delete
-                // would have, if it was queued quietly and nobody has rung since.
-                self.inner.queue.ring();
-                true
-            }
+            // The rest of the request still needs the writer, and gets it as the whole
+            // would have: a quiet request from its producer's ring at the linger (the
+            // broker's publisher keeps its timer until the commit is answered), any other
+            // when the writer next takes the queue. Waking the writer here instead wrote
+            // the rest before its own acknowledgement could withdraw it, and that
+            // acknowledgement's Delete woke the writer again (docs/benchmarks.md,
+            // "Session 16").
+            queue::Withdrawn::Op => true,
         }
     }
 

@@ -181,6 +181,11 @@ impl RequestQueue {
         state.writer_waiting && (state.requests.is_empty() || state.unrung)
     }
 
+    /// How many times a producer woke the writer.
+    pub(super) fn wakes(&self) -> u64 {
+        self.lock().wakes
+    }
+
     /// The last handle is gone: the writer drains what is queued and stops.
     pub(super) fn handles_gone(&self) {
         let mut state = self.lock();

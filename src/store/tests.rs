@@ -737,10 +737,10 @@ async fn an_acknowledgement_that_finds_its_put_still_queued_answers_the_commit_i
 }
 
 #[tokio::test]
-async fn withdrawing_one_put_of_a_quiet_request_rings_the_writer_for_the_rest() {
+async fn withdrawing_one_put_of_a_quiet_request_leaves_the_rest_to_its_producers_ring() {
     let dir = tempfile::tempdir().unwrap();
-    // No linger to end a batch early (one operation fills it), and an hour before
-    // anyone else would ring: only the withdrawal can get the rest written in time.
+    // No linger to end a batch early (one operation fills it), and an hour before the
+    // writer would flush by itself: only a ring gets the rest written.
     let store = Store::open(StoreOptions {
         linger: Duration::from_secs(3600),
         max_batch_ops: 1,
@@ -750,12 +750,23 @@ async fn withdrawing_one_put_of_a_quiet_request_rings_the_writer_for_the_rest() 
     while !store.writer_idle() {
         tokio::task::yield_now().await;
     }
+    let wakes = store.writer_wakes();
     let (rest, must_ring) = store.commit_quiet(vec![put("m1", "message"), put("m2", "kept")]);
     assert!(must_ring, "the writer was asleep");
     assert!(store.withdraw_created(T, b"m1"));
+    // m2's own acknowledgement may still withdraw it: the writer is left asleep.
+    assert_eq!(
+        store.writer_wakes(),
+        wakes,
+        "the withdrawal woke the writer"
+    );
+    assert!(store.writer_idle());
+    // The producer's ring, as the broker's publisher sends it at the linger.
+    store.ring();
+    assert_eq!(store.writer_wakes(), wakes + 1);
     tokio::time::timeout(EVENT_TIMEOUT, rest)
         .await
-        .expect("the withdrawal rang the writer for m2")
+        .expect("the ring had the writer commit m2")
         .unwrap();
     assert_eq!(store.get(T, b"m1").unwrap(), None);
     assert_eq!(store.get(T, b"m2").unwrap(), Some(b"kept".to_vec()));
