@@ -609,3 +609,63 @@ fn messages_the_broker_acknowledged_into_a_flow_survive_sigkill_of_the_gateway()
         missing.remove(&payload);
     }
 }
+
+/// CPU time (user + system, clock ticks) of each thread of process `pid`, by name.
+fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // The fields after the parenthesised name: state is the first, utime the 12th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        threads.push((name.trim().to_string(), ticks));
+    }
+    threads
+}
+
+fn ticks_of(threads: &[(String, u64)], name: &str) -> u64 {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .sum()
+}
+
+#[test]
+fn the_broker_serves_its_clients_on_a_runtime_of_its_own_with_one_thread() {
+    let data = tempfile::tempdir().unwrap();
+    let (broker, port) = broker(data.path(), 0);
+    let pid = broker.child.id();
+    let before = thread_cpu(pid);
+    assert_eq!(
+        before.iter().filter(|(name, _)| name == "broker").count(),
+        1,
+        "one broker worker thread: {before:?}"
+    );
+    let mut sub = Sub::start(port, &["-t", "load/#", "-q", "1"]);
+    let payloads: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    publish_lines(port, "load/x", 1, &payloads);
+    for payload in &payloads {
+        assert_eq!(sub.next(), ("load/x".to_string(), payload.clone()));
+    }
+    let after = thread_cpu(pid);
+    // Every packet was read, routed and written on the broker's thread; the main
+    // runtime's workers ("headwater") only wait for signals.
+    let on_broker = ticks_of(&after, "broker") - ticks_of(&before, "broker");
+    let on_main = ticks_of(&after, "headwater") - ticks_of(&before, "headwater");
+    assert!(
+        on_broker > on_main,
+        "broker thread {on_broker} ticks, main runtime {on_main}: {after:?}"
+    );
+}

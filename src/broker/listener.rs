@@ -240,7 +240,7 @@ pub(crate) async fn accept_loop(broker: Broker, socket: TcpListener, listener: A
 
 /// Spawns a connection's task on the broker's tracker.
 fn spawn(shared: Arc<super::Shared>, task: connection::ConnectionTask) {
-    shared.tracker.clone().spawn(Guarded { task, shared });
+    shared.clone().spawn(Guarded { task, shared });
 }
 
 /// Gives an unparked connection its task again (`park.rs`).

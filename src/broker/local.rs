@@ -69,7 +69,7 @@ impl Broker {
         let (to_broker, from_client) = mpsc::channel(LINK_DEPTH);
         let (to_client, from_broker) = mpsc::channel(LINK_DEPTH);
         let broker = self.clone();
-        self.shared.tracker.spawn(async move {
+        self.shared.spawn(async move {
             // A panic in one connection ends that connection only.
             let served = AssertUnwindSafe(connection::serve_local(broker, from_client, to_client))
                 .catch_unwind()

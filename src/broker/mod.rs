@@ -147,6 +147,10 @@ pub struct Shared {
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The runtime every task of the broker runs on: the one current when it was opened
+    /// (the CLI opens it inside its own one-worker runtime), else when it first spawns
+    /// or binds (see `runtime`).
+    runtime: OnceLock<tokio::runtime::Handle>,
     /// The configured listeners, in order, with their TLS set up.
     listeners: Vec<Arc<listener::Listener>>,
     next_connection: AtomicU64,
@@ -157,6 +161,22 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Spawns `task` on the broker's runtime, tracked for shutdown, whichever runtime
+    /// the caller is on (an in-process client connects from a flow's).
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn_on(task, self.runtime());
+    }
+
+    /// The broker's runtime; panics, as `tokio::spawn` does, when the broker was opened
+    /// outside a runtime and is first used outside one too.
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.get_or_init(tokio::runtime::Handle::current)
+    }
+
     fn durable(&self) -> bool {
         self.config.persistence == Persistence::Durable
     }
@@ -197,6 +217,11 @@ impl Broker {
     /// Like [`Broker::open`], on a store opened by the caller ([`open_store`]) and shared
     /// with the flows' state; with `persistence: memory` the broker ignores it and keeps
     /// its sessions in memory.
+    ///
+    /// Every task of the broker runs on the tokio runtime current here (else on the
+    /// one current when it binds or starts), whoever connects to it later:
+    /// `headwater run` and `headwater broker` open it inside a runtime of its own with
+    /// one worker (docs/decisions/019-broker-runtime.md).
     pub fn open_on(config: BrokerConfig, store: Store) -> Result<Broker, BrokerError> {
         tls::install_crypto_provider();
         let store = match config.persistence {
@@ -233,6 +258,9 @@ impl Broker {
                 stats: Stats::default(),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                runtime: tokio::runtime::Handle::try_current()
+                    .map(OnceLock::from)
+                    .unwrap_or_default(),
                 listeners,
                 next_connection: AtomicU64::new(1),
                 started: std::time::Instant::now(),
@@ -263,18 +291,27 @@ impl Broker {
         self.shared.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Binds every configured listener; returns their addresses (port 0 resolved).
+    /// Binds every configured listener; returns their addresses (port 0 resolved). The
+    /// sockets belong to the broker's runtime, whichever runtime calls this.
     pub async fn bind(&self) -> Result<Vec<TcpListener>, BrokerError> {
         let mut listeners = Vec::new();
         for listener in &self.shared.config.listeners {
             let address = format!("{}:{}", listener.host, listener.port);
-            // A (host, port) pair, so an IPv6 host such as `::1` needs no brackets.
-            let bound = TcpListener::bind((listener.host.as_str(), listener.port))
+            let error = |source| BrokerError::Bind {
+                address: address.clone(),
+                source,
+            };
+            let host = listener.host.clone();
+            let port = listener.port;
+            // A (host, port) pair, so an IPv6 host such as `::1` needs no brackets. Bound
+            // on the broker's runtime so its I/O driver, not the caller's, polls it.
+            let bound = self
+                .shared
+                .runtime()
+                .spawn(async move { TcpListener::bind((host.as_str(), port)).await })
                 .await
-                .map_err(|source| BrokerError::Bind {
-                    address: address.clone(),
-                    source,
-                })?;
+                .map_err(|joined| error(std::io::Error::other(joined)))?
+                .map_err(error)?;
             listeners.push(bound);
         }
         Ok(listeners)
@@ -283,6 +320,9 @@ impl Broker {
     /// Starts serving `sockets` (from `bind`, in the order of the configured
     /// listeners) and `$SYS`; returns at once.
     pub fn start(&self, sockets: Vec<TcpListener>) {
+        // What is made here (the parking lot's epoll registration) belongs to the
+        // broker's runtime too.
+        let _on_broker_runtime = self.shared.runtime().enter();
         // Bridges attach their local sessions first; the listeners start accepting once
         // they are subscribed (or after 5 s), so nothing published at start-up misses a
         // bridge. Until then clients wait in the sockets' backlog.
@@ -290,7 +330,7 @@ impl Broker {
         for bridge in &self.shared.config.bridges {
             let (done, wait) = tokio::sync::oneshot::channel();
             attached.push(wait);
-            self.shared.tracker.spawn(bridge::run(
+            self.shared.spawn(bridge::run(
                 self.clone(),
                 bridge.clone(),
                 self.shared.shutdown.child_token(),
@@ -301,7 +341,7 @@ impl Broker {
             self.serve(sockets);
         } else {
             let broker = self.clone();
-            self.shared.tracker.spawn(async move {
+            self.shared.spawn(async move {
                 for wait in attached {
                     let _ = tokio::time::timeout(BRIDGE_ATTACH_WAIT, wait).await;
                 }
@@ -311,16 +351,16 @@ impl Broker {
         match park::ParkingLot::new() {
             Ok(lot) => {
                 if self.shared.parking.set(lot.clone()).is_ok() {
-                    self.shared.tracker.spawn(lot.run(self.clone()));
+                    self.shared.spawn(lot.run(self.clone()));
                 }
             }
             Err(e) => tracing::warn!("idle connections will not be parked: {e}"),
         }
-        self.shared.tracker.spawn(self.clone().keepalive_sweep());
-        self.shared.tracker.spawn(self.clone().watch_auth_files());
+        self.shared.spawn(self.clone().keepalive_sweep());
+        self.shared.spawn(self.clone().watch_auth_files());
         if self.shared.config.sys_interval > 0 {
             let broker = self.clone();
-            self.shared.tracker.spawn(sys::run(broker));
+            self.shared.spawn(sys::run(broker));
         }
     }
 
@@ -338,7 +378,6 @@ impl Broker {
                 );
             }
             self.shared
-                .tracker
                 .spawn(listener::accept_loop(self.clone(), socket, listener));
         }
     }
@@ -511,7 +550,7 @@ impl Broker {
         };
         let broker = self.clone();
         let delay = will.delay.min(expiry);
-        self.shared.tracker.spawn(async move {
+        self.shared.spawn(async move {
             if delay > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
@@ -536,7 +575,7 @@ impl Broker {
     /// Ends the session of `client` after `expiry` seconds unless it reconnected.
     fn expire_later(&self, client: ByteString, generation: u32, expiry: u32) {
         let broker = self.clone();
-        self.shared.tracker.spawn(async move {
+        self.shared.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {}
                 _ = broker.shared.shutdown.cancelled() => return,

@@ -93,10 +93,17 @@ impl BrokerArgs {
 }
 
 /// Opens the broker on `store` (the process's store, see `headwater::broker::open_store`),
-/// binds its listeners and starts it.
-pub async fn start(config: BrokerConfig, store: Store) -> anyhow::Result<Broker> {
+/// binds its listeners and starts it; its tasks run on `runtime` ([`super::broker_runtime`]).
+pub async fn start(
+    config: BrokerConfig,
+    store: Store,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Broker> {
     raise_open_file_limit();
-    let broker = Broker::open_on(config, store)?;
+    let broker = {
+        let _on_broker_runtime = runtime.enter();
+        Broker::open_on(config, store)?
+    };
     let listeners = broker.bind().await?;
     broker.start(listeners);
     reload_on_sighup(broker.clone())?;
@@ -123,18 +130,23 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
     let (config, from_file) = args.load()?;
     let data_dir = super::data_dir(data_dir, from_file);
     let runtime = super::runtime("headwater")?;
-    runtime.block_on(async move {
+    let broker_runtime = super::broker_runtime()?;
+    let on_broker = broker_runtime.handle().clone();
+    let code = runtime.block_on(async move {
         let mut signals = super::run::ShutdownSignals::listen()?;
         let store = super::open_store(&data_dir, config.persistence)?;
-        let broker = start(config, store).await?;
+        let broker = start(config, store, &on_broker).await?;
         let notify = super::notify::Notifier::from_env();
         notify.ready("broker running");
         let reason = signals.recv().await;
         tracing::info!("shutting down: {reason}");
         notify.stopping(reason);
         broker.shutdown().await;
-        Ok(ExitCode::SUCCESS)
-    })
+        anyhow::Ok(ExitCode::SUCCESS)
+    });
+    // Outside the main runtime: a runtime may not be dropped inside another.
+    drop(broker_runtime);
+    code
 }
 
 /// A broker holds one descriptor per client: lift the soft limit to the hard one, as

@@ -167,6 +167,24 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The broker's own runtime: one worker thread, named `broker`, for every connection,
+/// listener and timer of the built-in broker, beside the process's main runtime (flows,
+/// the API). One worker because at a home hub's rates the broker's tasks mostly hand
+/// messages to one another: with two workers each hand-over could wake the other
+/// worker on the other core, which on a VM whose idle vCPUs halt is a trip through the
+/// hypervisor (docs/decisions/019-broker-runtime.md). Its own runtime because a busy
+/// flow then never delays a PUBACK.
+fn broker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("broker")
+        .on_thread_park(crate::release_freed_memory)
+        .build()
+        .context("cannot start the broker's runtime")
+}
+
 /// The data directory: the flag, else the flow files' `data_dir`, else systemd's
 /// `$STATE_DIRECTORY`, else `./data`.
 fn data_dir(flag: Option<PathBuf>, from_files: Option<PathBuf>) -> PathBuf {

@@ -45,7 +45,12 @@ pub fn run(
         Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
     };
     let runtime = super::runtime("headwater")?;
-    runtime.block_on(async move {
+    let broker_runtime = broker_config
+        .as_ref()
+        .map(|_| super::broker_runtime())
+        .transpose()?;
+    let on_broker = broker_runtime.as_ref().map(|r| r.handle().clone());
+    let code = runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
         // Listened for before anything starts: SIGHUP's default action ends the process.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -57,9 +62,11 @@ pub fn run(
             .as_ref()
             .map_or(crate::broker::Persistence::Durable, |c| c.persistence);
         let store = super::open_store(&data_dir, persistence)?;
-        let broker = match broker_config {
-            Some(config) => Some(super::broker::start(config, store.clone()).await?),
-            None => None,
+        let broker = match (broker_config, &on_broker) {
+            (Some(config), Some(on_broker)) => {
+                Some(super::broker::start(config, store.clone(), on_broker).await?)
+            }
+            _ => None,
         };
         let mut reloader = reload::Reloader::new(files, data_dir.clone(), clock.clone(), &set);
         let mut engine = Engine::start(
@@ -138,7 +145,10 @@ pub fn run(
             ShutdownReport::Drained => Ok(ExitCode::SUCCESS),
             ShutdownReport::Aborted => Ok(ExitCode::FAILURE),
         }
-    })
+    });
+    // Outside the main runtime: a runtime may not be dropped inside another.
+    drop(broker_runtime);
+    code
 }
 
 /// Admin API options of `run` (override the settings file's `api:` section).
