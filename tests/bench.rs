@@ -5,42 +5,46 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_broker_runs_every_workload_against_headwater() {
+/// Runs `headwater bench broker ARGS... --json`; its results, and its output for messages.
+fn bench_broker(args: &[&str]) -> (Vec<serde_json::Value>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args([
-            "bench",
-            "broker",
-            "--brokers",
-            "headwater",
-            "--messages",
-            "200",
-            "--publishers",
-            "2",
-            "--subscribers",
-            "3",
-            "--rate",
-            "200",
-            "--duration",
-            "1",
-            "--connections",
-            "20",
-            "--tls-connections",
-            "20",
-            "--json",
-        ])
+        .args(["bench", "broker"])
+        .args(args)
+        .arg("--json")
         .output()
         .expect("run headwater bench broker");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "bench failed: {}\n{stdout}",
         String::from_utf8_lossy(&output.stderr)
     );
     let results: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    let results = results.as_array().expect("an array").clone();
+    (results, stdout)
+}
+
+#[test]
+fn bench_broker_runs_every_workload_against_headwater() {
+    let (results, _) = bench_broker(&[
+        "--brokers",
+        "headwater",
+        "--messages",
+        "200",
+        "--publishers",
+        "2",
+        "--subscribers",
+        "3",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--connections",
+        "20",
+        "--tls-connections",
+        "20",
+    ]);
     let workloads: Vec<&str> = results
-        .as_array()
-        .expect("an array")
         .iter()
         .map(|r| r["workload"].as_str().unwrap())
         .collect();
@@ -56,7 +60,7 @@ fn bench_broker_runs_every_workload_against_headwater() {
             "tls-fan-in-qos0"
         ]
     );
-    for result in results.as_array().unwrap() {
+    for result in &results {
         let headwater = &result["headwater"];
         // Nothing lost: every workload's messages all arrived.
         assert_eq!(headwater["notes"], serde_json::json!([]), "{result}");
@@ -77,33 +81,19 @@ fn bench_broker_runs_every_workload_against_headwater() {
 
 #[test]
 fn bench_broker_tls_workloads_run_against_both_brokers_with_the_same_certificates() {
-    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args([
-            "bench",
-            "broker",
-            "--workload",
-            "tls-connect,tls-fan-in-qos0",
-            "--mosquitto-nodelay",
-            "--tls-connections",
-            "10",
-            "--messages",
-            "100",
-            "--publishers",
-            "2",
-            "--json",
-        ])
-        .output()
-        .expect("run headwater bench broker");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
-    let results = results.as_array().expect("an array");
+    let (results, stdout) = bench_broker(&[
+        "--workload",
+        "tls-connect,tls-fan-in-qos0",
+        "--mosquitto-nodelay",
+        "--tls-connections",
+        "10",
+        "--messages",
+        "100",
+        "--publishers",
+        "2",
+    ]);
     assert_eq!(results.len(), 2, "{stdout}");
-    for result in results {
+    for result in &results {
         for broker in ["headwater", "mosquitto"] {
             let side = &result[broker];
             assert_eq!(side["notes"], serde_json::json!([]), "{broker}: {result}");
@@ -122,30 +112,16 @@ fn bench_broker_tls_workloads_run_against_both_brokers_with_the_same_certificate
 
 #[test]
 fn bench_broker_latency_in_turns_measures_every_segment_of_both_brokers() {
-    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
-        .args([
-            "bench",
-            "broker",
-            "--workload",
-            "latency",
-            "--rate",
-            "100",
-            "--duration",
-            "2",
-            "--segments",
-            "4",
-            "--json",
-        ])
-        .output()
-        .expect("run headwater bench broker");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
-    let results = results.as_array().expect("an array");
+    let (results, stdout) = bench_broker(&[
+        "--workload",
+        "latency",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--segments",
+        "4",
+    ]);
     assert_eq!(results.len(), 1, "{stdout}");
     for broker in ["headwater", "mosquitto"] {
         let side = &results[0][broker];
