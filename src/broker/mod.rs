@@ -301,20 +301,43 @@ impl Broker {
                 address: address.clone(),
                 source,
             };
-            let host = listener.host.clone();
-            let port = listener.port;
-            // A (host, port) pair, so an IPv6 host such as `::1` needs no brackets. Bound
-            // on the broker's runtime so its I/O driver, not the caller's, polls it.
             let bound = self
-                .shared
-                .runtime()
-                .spawn(async move { TcpListener::bind((host.as_str(), port)).await })
-                .await
-                .map_err(|joined| error(std::io::Error::other(joined)))?
+                .bind_one(&listener.host, listener.port)
                 .map_err(error)?;
             listeners.push(bound);
         }
         Ok(listeners)
+    }
+
+    /// What `TcpListener::bind` does (the first address `host` resolves to that binds,
+    /// SO_REUSEADDR, a backlog of 1024), registered with the broker's runtime so its I/O
+    /// driver, not the caller's, polls it. A host name is resolved here, once, at start.
+    fn bind_one(&self, host: &str, port: u16) -> std::io::Result<TcpListener> {
+        use std::net::ToSocketAddrs;
+        let mut last_error = None;
+        // A (host, port) pair, so an IPv6 host such as `::1` needs no brackets.
+        for address in (host, port).to_socket_addrs()? {
+            let socket = if address.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            let listening = socket.bind(address).and_then(|()| {
+                let _on_broker_runtime = self.shared.runtime().enter();
+                socket.listen(1024)
+            });
+            match listening {
+                Ok(listener) => return Ok(listener),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the host resolves to no address",
+            )
+        }))
     }
 
     /// Starts serving `sockets` (from `bind`, in the order of the configured

@@ -308,6 +308,9 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.workloads.clone()
     };
+    if workloads.contains(&Workload::Latency) && load.segments > 1 {
+        check_segments(&load)?;
+    }
     if let Some(dir) = &args.perf {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -406,6 +409,34 @@ async fn compare(
         }
     }
     Ok(comparison)
+}
+
+/// Longest segment of the latency workload in turns: a client waits through up to five
+/// segments (the other broker's two, its other QoS's) and the bench clients' keepalive
+/// is 600 s, so a broker would close it after 900 s of that.
+const LONGEST_SEGMENT: Duration = Duration::from_secs(120);
+
+/// Refuses segment lengths the latency workload in turns cannot measure.
+fn check_segments(load: &Load) -> anyhow::Result<()> {
+    let segment = load.duration / load.segments;
+    if segment > LONGEST_SEGMENT {
+        anyhow::bail!(
+            "--segments {}: segments of {} s leave each broker's clients idle too long for \
+             their keepalive; use segments of at most {} s",
+            load.segments,
+            segment.as_secs(),
+            LONGEST_SEGMENT.as_secs()
+        );
+    }
+    if u128::from(load.rate) * segment.as_millis() < 1000 {
+        anyhow::bail!(
+            "--segments {}: a segment of {} ms holds no message at {} msg/s; use fewer segments",
+            load.segments,
+            segment.as_millis(),
+            load.rate
+        );
+    }
+    Ok(())
 }
 
 /// The latency workload with both brokers running and taking turns: `load.segments`
@@ -651,6 +682,34 @@ mod tests {
         // Kernels before 2.6.11 print seven numbers: no steal to report.
         assert_eq!(steal_ticks("cpu  4705 150 1120 16250 520 0 36\n"), None);
         assert_eq!(steal_ticks("intr 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn segments_must_hold_a_message_and_stay_within_the_keepalive() {
+        let load = |rate, seconds, segments| Load {
+            messages: None,
+            payload: 64,
+            publishers: 1,
+            subscribers: 1,
+            window: 1,
+            inflight: 1,
+            rate,
+            duration: Duration::from_secs(seconds),
+            segments,
+            connections: 1,
+            source_addresses: 1,
+            quiet: Duration::from_secs(1),
+            tls_connections: 1,
+            tls_concurrency: 1,
+        };
+        assert!(check_segments(&load(1000, 20, 10)).is_ok());
+        assert!(check_segments(&load(1000, 1200, 10)).is_ok());
+        let too_long = check_segments(&load(1000, 1210, 10)).unwrap_err();
+        assert!(too_long.to_string().contains("keepalive"), "{too_long}");
+        // 10 msg/s in 50 ms segments: none would be sent.
+        let empty = check_segments(&load(10, 1, 20)).unwrap_err();
+        assert!(empty.to_string().contains("holds no message"), "{empty}");
+        assert!(check_segments(&load(10, 1, 10)).is_ok());
     }
 
     #[test]
