@@ -669,3 +669,28 @@ fn the_broker_serves_its_clients_on_a_runtime_of_its_own_with_one_thread() {
         "broker thread {on_broker} ticks, main runtime {on_main}: {after:?}"
     );
 }
+
+#[test]
+fn a_port_in_use_is_refused_with_the_address_and_the_reason_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_headwater"))
+        .args(["--data-dir", data.path().to_str().unwrap(), "broker"])
+        .args(["--listen", &address])
+        .output()
+        .expect("run headwater broker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {address}: Address already in use"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -93,12 +93,13 @@ pub enum BrokerError {
     #[error("{0}")]
     Auth(#[from] auth::AuthFileError),
     /// A listener could not bind.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {cause}")]
     Bind {
         /// host:port
         address: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error; in the message rather than the error chain, so the CLI, which
+        /// prints the chain, says it once.
+        cause: std::io::Error,
     },
 }
 
@@ -297,9 +298,9 @@ impl Broker {
         let mut listeners = Vec::new();
         for listener in &self.shared.config.listeners {
             let address = format!("{}:{}", listener.host, listener.port);
-            let error = |source| BrokerError::Bind {
+            let error = |cause| BrokerError::Bind {
                 address: address.clone(),
-                source,
+                cause,
             };
             let bound = self
                 .bind_one(&listener.host, listener.port)
