@@ -381,9 +381,7 @@ async fn compare(
         mosquitto: None,
     };
     if workload == Workload::Latency && load.segments > 1 {
-        let [headwater, mosquitto] = latency_in_turns(&kinds, run, args, exe, load).await?;
-        comparison.headwater = headwater;
-        comparison.mosquitto = mosquitto;
+        latency_in_turns(&kinds, run, args, exe, load, &mut comparison).await?;
         return Ok(comparison);
     }
     for kind in kinds {
@@ -403,12 +401,19 @@ async fn compare(
             profile.stop();
         }
         drop(broker);
-        match kind {
-            BrokerKind::Headwater => comparison.headwater = Some(measured),
-            BrokerKind::Mosquitto => comparison.mosquitto = Some(measured),
-        }
+        comparison.record(kind, measured);
     }
     Ok(comparison)
+}
+
+impl Comparison {
+    /// Files what `kind` measured in its column.
+    fn record(&mut self, kind: BrokerKind, measured: Measured) {
+        match kind {
+            BrokerKind::Headwater => self.headwater = Some(measured),
+            BrokerKind::Mosquitto => self.mosquitto = Some(measured),
+        }
+    }
 }
 
 /// Longest segment of the latency workload in turns: a client waits through up to five
@@ -418,21 +423,21 @@ const LONGEST_SEGMENT: Duration = Duration::from_secs(120);
 
 /// Refuses segment lengths the latency workload in turns cannot measure.
 fn check_segments(load: &Load) -> anyhow::Result<()> {
-    let segment = load.duration / load.segments;
-    if segment > LONGEST_SEGMENT {
+    let segment = load.segment();
+    if segment.duration > LONGEST_SEGMENT {
         anyhow::bail!(
             "--segments {}: segments of {} s leave each broker's clients idle too long for \
              their keepalive; use segments of at most {} s",
             load.segments,
-            segment.as_secs(),
+            segment.duration.as_secs(),
             LONGEST_SEGMENT.as_secs()
         );
     }
-    if u128::from(load.rate) * segment.as_millis() < 1000 {
+    if workloads::messages_in(&segment) == 0 {
         anyhow::bail!(
             "--segments {}: a segment of {} ms holds no message at {} msg/s; use fewer segments",
             load.segments,
-            segment.as_millis(),
+            segment.duration.as_millis(),
             load.rate
         );
     }
@@ -442,14 +447,15 @@ fn check_segments(load: &Load) -> anyhow::Result<()> {
 /// The latency workload with both brokers running and taking turns: `load.segments`
 /// segments of `load.duration / segments` each, the order reversed every segment, so a
 /// spell of stolen CPU lands on both about equally. Returns Headwater's and
-/// Mosquitto's figures, each over all of its segments.
+/// Mosquitto's figures into `comparison`, each over all of its segments.
 async fn latency_in_turns(
     kinds: &[BrokerKind],
     run: u32,
     args: &BrokerBenchArgs,
     exe: &Executables,
     load: &Load,
-) -> anyhow::Result<[Option<Measured>; 2]> {
+    comparison: &mut Comparison,
+) -> anyhow::Result<()> {
     let mut brokers = Vec::with_capacity(kinds.len());
     for &kind in kinds {
         brokers.push(BrokerProcess::start(kind, exe, None).await?);
@@ -458,10 +464,7 @@ async fn latency_in_turns(
         Some(broker) => start_profile(args, Workload::Latency, run, broker)?,
         None => None,
     };
-    let segment = Load {
-        duration: load.duration / load.segments,
-        ..load.clone()
-    };
+    let segment = load.segment();
     let mut runs = Vec::with_capacity(brokers.len());
     for broker in &brokers {
         runs.push(workloads::LatencyRun::connect(broker).await?);
@@ -488,19 +491,14 @@ async fn latency_in_turns(
         profile.stop();
     }
     drop(brokers);
-    let mut figures = [None, None];
-    for ((kind, gathered), stolen) in kinds.iter().zip(runs).zip(stolen) {
+    for ((&kind, gathered), stolen) in kinds.iter().zip(runs).zip(stolen) {
         let mut measured = gathered.figures();
         if let Some(stolen) = stolen {
             measured.push_condition("CPU stolen by the host", "ms", stolen);
         }
-        let slot = match kind {
-            BrokerKind::Headwater => 0,
-            BrokerKind::Mosquitto => 1,
-        };
-        figures[slot] = Some(measured);
+        comparison.record(kind, measured);
     }
-    Ok(figures)
+    Ok(())
 }
 
 /// `perf record` of Headwater during one workload when `--perf` asks for it.

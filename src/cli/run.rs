@@ -45,11 +45,9 @@ pub fn run(
         Err(diagnostics) => return Ok(super::check::report(&diagnostics)),
     };
     let runtime = super::runtime("headwater")?;
-    let broker_runtime = broker_config
-        .as_ref()
-        .map(|_| super::broker_runtime())
-        .transpose()?;
-    let on_broker = broker_runtime.as_ref().map(|r| r.handle().clone());
+    // Made even when the settings turn the broker off: one idle thread then.
+    let broker_runtime = super::broker_runtime()?;
+    let on_broker = broker_runtime.handle().clone();
     let code = runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
         // Listened for before anything starts: SIGHUP's default action ends the process.
@@ -62,11 +60,9 @@ pub fn run(
             .as_ref()
             .map_or(crate::broker::Persistence::Durable, |c| c.persistence);
         let store = super::open_store(&data_dir, persistence)?;
-        let broker = match (broker_config, &on_broker) {
-            (Some(config), Some(on_broker)) => {
-                Some(super::broker::start(config, store.clone(), on_broker).await?)
-            }
-            _ => None,
+        let broker = match broker_config {
+            Some(config) => Some(super::broker::start(config, store.clone(), &on_broker).await?),
+            None => None,
         };
         let mut reloader = reload::Reloader::new(files, data_dir.clone(), clock.clone(), &set);
         let mut engine = Engine::start(

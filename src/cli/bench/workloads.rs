@@ -63,6 +63,16 @@ pub struct Load {
     pub tls_concurrency: usize,
 }
 
+impl Load {
+    /// The load of one latency segment: `duration / segments`.
+    pub fn segment(&self) -> Load {
+        Load {
+            duration: self.duration / self.segments.max(1),
+            ..self.clone()
+        }
+    }
+}
+
 /// One measured figure.
 #[derive(Clone, Debug)]
 pub struct Metric {
@@ -638,7 +648,7 @@ pub async fn latency(broker: &BrokerProcess, load: &Load) -> anyhow::Result<Meas
 }
 
 /// Messages the latency workload publishes per segment at one QoS: `rate` for `duration`.
-fn messages_in(load: &Load) -> u64 {
+pub fn messages_in(load: &Load) -> u64 {
     (u128::from(load.rate) * load.duration.as_millis() / 1000) as u64
 }
 
