@@ -126,7 +126,8 @@ pub enum Workload {
     /// 1 publisher -> 100 subscribers, QoS 0; deliveries per second
     #[value(name = "fan-out-qos0")]
     FanOutQos0,
-    /// 1 publisher at a fixed rate -> 1 subscriber, QoS 0 and QoS 1; p50, p99, max
+    /// 1 publisher at a fixed rate -> 1 subscriber, QoS 0 and QoS 1, both clients on one
+    /// thread of the generator; p50, p99, max
     #[value(name = "latency")]
     Latency,
     /// 10000 connections that connect and idle; broker RSS growth per connection
@@ -328,20 +329,28 @@ fn broker(args: BrokerBenchArgs) -> anyhow::Result<ExitCode> {
     // The idle-memory clients hold one descriptor each.
     super::broker::raise_open_file_limit();
     let runtime = super::runtime("bench")?;
+    // The latency clients run on this thread alone. On the two-worker runtime the
+    // publisher and the subscriber sat on different workers, and one woke the other for
+    // messages both brokers carried: noise in both tails (docs/benchmarks.md, session 17).
+    let one_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the latency workload's runtime")?;
     let mut comparisons = Vec::new();
-    runtime.block_on(async {
-        for &workload in &workloads {
-            for run in 1..=args.runs.max(1) {
-                let tls = certificates.as_ref().filter(|_| workload.tls());
-                let comparison = compare(workload, run, &args, &exe, &load, tls).await?;
-                if !args.json {
-                    print_table(&comparison, &load, args.runs.max(1), args.tls_key);
-                }
-                comparisons.push(comparison);
+    for &workload in &workloads {
+        let runtime = match workload {
+            Workload::Latency => &one_thread,
+            _ => &runtime,
+        };
+        for run in 1..=args.runs.max(1) {
+            let tls = certificates.as_ref().filter(|_| workload.tls());
+            let comparison = runtime.block_on(compare(workload, run, &args, &exe, &load, tls))?;
+            if !args.json {
+                print_table(&comparison, &load, args.runs.max(1), args.tls_key);
             }
+            comparisons.push(comparison);
         }
-        anyhow::Ok(())
-    })?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&comparisons))?);
     }
