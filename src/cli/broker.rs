@@ -93,7 +93,7 @@ impl BrokerArgs {
 }
 
 /// Opens the broker on `store` (the process's store, see `headwater::broker::open_store`),
-/// binds its listeners and starts it; its tasks run on `runtime` ([`super::broker_runtime`]).
+/// binds its listeners and starts it; its tasks run on `runtime` ([`super::BrokerRuntime`]).
 pub async fn start(
     config: BrokerConfig,
     store: Store,
@@ -130,7 +130,7 @@ pub fn broker(args: &BrokerArgs, data_dir: Option<PathBuf>) -> anyhow::Result<Ex
     let (config, from_file) = args.load()?;
     let data_dir = super::data_dir(data_dir, from_file);
     let runtime = super::runtime("headwater")?;
-    let broker_runtime = super::broker_runtime()?;
+    let broker_runtime = super::BrokerRuntime::start()?;
     let on_broker = broker_runtime.handle().clone();
     let code = runtime.block_on(async move {
         let mut signals = super::run::ShutdownSignals::listen()?;

@@ -167,22 +167,69 @@ fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The broker's own runtime: one worker thread, named `broker`, for every connection,
-/// listener and timer of the built-in broker, beside the process's main runtime (flows,
-/// the API). One worker because at a home hub's rates the broker's tasks mostly hand
-/// messages to one another: with two workers each hand-over could wake the other
-/// worker on the other core, which on a VM whose idle vCPUs halt is a trip through the
-/// hypervisor (docs/decisions/019-broker-runtime.md). Its own runtime because a busy
-/// flow then never delays a PUBACK.
-fn broker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    use anyhow::Context;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .thread_name("broker")
-        .on_thread_park(crate::release_freed_memory)
-        .build()
-        .context("cannot start the broker's runtime")
+/// The broker's own runtime, for every connection, listener and timer of the built-in
+/// broker, beside the process's main runtime (flows, the API): a current-thread tokio
+/// runtime driven by one thread of its own, named `broker`. One thread because at a
+/// home hub's rates the broker's tasks mostly hand messages to one another: with two
+/// workers each hand-over could wake the other worker on the other core, which on a VM
+/// whose idle vCPUs halt is a trip through the hypervisor; current-thread because tokio's
+/// multi-threaded scheduler, even with one worker, keeps per-poll statistics and
+/// cross-worker bookkeeping the broker's latency pays for
+/// (docs/decisions/019-broker-runtime.md). Its own runtime because a busy flow then never
+/// delays a PUBACK. Dropping it ends the thread and drops what tasks are left.
+struct BrokerRuntime {
+    /// Spawns onto the runtime, or enters it, from any thread.
+    handle: tokio::runtime::Handle,
+    /// Dropped to end the thread's `block_on`.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The `broker` thread; joined on drop.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BrokerRuntime {
+    fn start() -> anyhow::Result<BrokerRuntime> {
+        use anyhow::Context;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // Names the blocking pool's threads (password hashing) after the broker too.
+            .thread_name("broker")
+            .on_thread_park(crate::release_freed_memory)
+            .build()
+            .context("cannot start the broker's runtime")?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("broker".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    // Err when the sender is dropped: the same order to stop.
+                    let _ = stopped.await;
+                });
+                // Outside `block_on`: the tasks still spawned are dropped here.
+                drop(runtime);
+            })
+            .context("cannot start the broker's thread")?;
+        Ok(BrokerRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for BrokerRuntime {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the broker's thread panicked");
+        }
+    }
 }
 
 /// The data directory: the flag, else the flow files' `data_dir`, else systemd's

@@ -46,7 +46,7 @@ pub fn run(
     };
     let runtime = super::runtime("headwater")?;
     // Made even when the settings turn the broker off: one idle thread then.
-    let broker_runtime = super::broker_runtime()?;
+    let broker_runtime = super::BrokerRuntime::start()?;
     let on_broker = broker_runtime.handle().clone();
     let code = runtime.block_on(async move {
         let mut signals = ShutdownSignals::listen()?;
